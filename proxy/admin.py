@@ -1,0 +1,59 @@
+"""Admin endpoints under the reserved ``/-/`` prefix (SPEC §8)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from proxy.errors import NoRoute
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyServer
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(data).encode(), content_type="application/json"
+    )
+
+
+class Admin:
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+
+    async def handle(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        if path == "/-/healthz":
+            return _json({"status": "ok"})
+        if path == "/-/readyz":
+            if self.server.draining:
+                return _json({"status": "draining"}, 503)
+            return _json({"status": "ready"})
+        if path == "/-/sessions":
+            return _json(self.sessions())
+        return NoRoute(f"no admin endpoint {path}").to_response()
+
+    def sessions(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, rt in self.server.runtime.routes.items():
+            st = rt.sessions.status()
+            out[name] = {
+                "type": rt.config.auth.type,
+                "state": st.state,
+                "logged_in_at": _iso(st.logged_in_at),
+                "expires_at": _iso(st.expires_at),
+                "last_error": st.last_error,
+                "org": st.org,
+                "upstream": st.upstream,
+            }
+        return out

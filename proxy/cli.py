@@ -1,0 +1,186 @@
+"""Command line: ``auth-proxy [serve|check|demo|sandbox|ca] ...`` (SPEC §2).
+
+Exit codes: 0 ok, 2 invalid config or usage (one line naming the key path, no
+traceback), 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy import __version__
+from proxy.config import Config, ConfigError, default_config_path, is_loopback, load_config
+from proxy.logs import setup_logging
+from proxy.secrets import Secret
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+COMMANDS = ("serve", "check", "demo", "sandbox", "ca")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auth-proxy",
+        description="Local authenticating reverse proxy for Informatica IICS/IDMC and Ivanti.",
+    )
+    parser.add_argument("--version", action="version", version=f"auth-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the proxy (the default command)")
+    serve.add_argument(
+        "-c", "--config", help="config file (default: $AUTH_PROXY_CONFIG or ./config.yaml)"
+    )
+
+    check = sub.add_parser("check", help="validate the config and print its routes")
+    check.add_argument("-c", "--config")
+    check.add_argument(
+        "--login", nargs="*", metavar="ROUTE", help="also log in once (all routes, or those named)"
+    )
+
+    demo = sub.add_parser("demo", help="run the sandbox and the proxy in front of it")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument(
+        "--sandbox-port", type=int, default=0, help="first sandbox port (default: any free)"
+    )
+
+    sandbox = sub.add_parser("sandbox", help="run the offline vendor imitation alone")
+    sandbox.add_argument(
+        "--port", type=int, default=9000, help="first of five ports (default 9000)"
+    )
+
+    ca = sub.add_parser("ca", help="forward-proxy mode: print the local CA and how to trust it")
+    ca.add_argument("-c", "--config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        args_list.insert(0, "serve")
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    command = args.command or "serve"
+    try:
+        if command == "serve":
+            return _serve(_load(args.config))
+        if command == "check":
+            return _check(_load(args.config), args.login)
+        if command == "demo":
+            from proxy.demo import run_demo
+
+            return _run(run_demo(args.port, args.sandbox_port))
+        if command == "sandbox":
+            from proxy.sandbox.runner import serve_forever
+
+            return _run(serve_forever(args.port))
+        if command == "ca":
+            from proxy.tls import print_ca
+
+            return print_ca(_load(args.config))
+    except ConfigError as exc:
+        print(f"auth-proxy: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"auth-proxy: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    parser.error(f"unknown command {command}")
+    return EXIT_USAGE
+
+
+def _load(path: str | None) -> Config:
+    return load_config(default_config_path(path))
+
+
+def _run(coro: Any) -> int:
+    _install_uvloop()
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(asyncio.run(coro) or 0)
+    return EXIT_OK
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def check_startup(config: Config) -> None:
+    """Refuse to listen beyond loopback without client authentication (SPEC §8)."""
+    hosts = [config.listen.host] + [
+        r.match.listen.host for r in config.routes if r.match.listen and r.match.listen.host
+    ]
+    exposed = [h for h in hosts if not is_loopback(h)]
+    if exposed and config.client_auth is None and not config.allow_unauthenticated:
+        raise ConfigError(
+            f"listen.host: {exposed[0]} is not a loopback address; configure client_auth "
+            "or set allow_unauthenticated: true"
+        )
+
+
+def _serve(config: Config, config_path: Path | None = None) -> int:
+    check_startup(config)
+    setup_logging(config.log.level, config.log.format)
+    return _run(serve(config, config_path))
+
+
+async def serve(config: Config, config_path: Path | None = None) -> int:
+    from proxy.app import ProxyServer
+
+    server = ProxyServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return EXIT_OK
+
+
+def _check(config: Config, login: list[str] | None) -> int:
+    for line in describe_routes(config):
+        print(line)
+    return EXIT_OK
+
+
+def describe_routes(config: Config) -> list[str]:
+    listen = f"{config.listen.host}:{config.listen.port}"
+    lines = [f"config ok: {len(config.routes)} route(s), listening on {listen}"]
+    for route in config.routes:
+        m = route.match
+        where = (
+            f"prefix {m.prefix}"
+            if m.prefix
+            else f"host {', '.join(m.host)}"
+            if m.host
+            else f"port {m.listen.port}"
+            if m.listen
+            else "?"
+        )
+        lines.append(f"- {route.name}: {where} -> {route.auth.type}")
+        for key, value in route.auth.model_dump().items():
+            if key == "type" or value is None:
+                continue
+            lines.append(f"    {key}: {_masked(value)}")
+    return lines
+
+
+def _masked(value: Any) -> str:
+    if isinstance(value, Secret):
+        return value.describe()
+    if isinstance(value, dict):
+        return (
+            "{" + ", ".join(f"{k}: {_masked(v)}" for k, v in value.items() if v is not None) + "}"
+        )
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_masked(v) for v in value) + "]"
+    return str(value)

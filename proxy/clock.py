@@ -1,0 +1,30 @@
+"""Wall clocks that tests can move.
+
+Session expiry runs on the wall clock (it must survive a laptop's sleep), so the proxy
+and the sandbox both read time through a ``Clock``; tests hand in a ``ManualClock`` and
+advance it instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class Clock:
+    """The real wall clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class ManualClock(Clock):
+    """A wall clock that starts at the real time and only moves when told to."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds

@@ -1,0 +1,126 @@
+"""The one family of errors the proxy answers with, and their HTTP form (SPEC §7).
+
+Every failure a client can observe is a ``ProxyError``: a stable code, the HTTP status
+that goes with it, and one sentence a user can act on. Messages never carry secrets;
+the code that raises them only ever formats vendor error codes/texts and host names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from aiohttp import web
+
+STATUS_BY_CODE: dict[str, int] = {
+    "no_route": 404,
+    "client_unauthorized": 401,
+    "login_rejected": 502,
+    "login_failed": 502,
+    "login_backoff": 503,
+    "untrusted_upstream": 502,
+    "upstream_unreachable": 502,
+    "upstream_timeout": 504,
+    "forbidden": 403,
+    "payload_too_large": 413,
+    "bad_request": 400,
+    "draining": 503,
+}
+
+
+class ProxyError(Exception):
+    """An error answered to the client in the SPEC §7 format."""
+
+    code = "internal"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        route: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.route = route
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_CODE.get(self.code, 500)
+
+    def for_route(self, route: str) -> ProxyError:
+        """The same error, attributed to ``route`` (flows raise without knowing it)."""
+        if self.route is None:
+            self.route = route
+        return self
+
+    def to_response(self) -> web.Response:
+        body = {"error": {"code": self.code, "message": self.message, "route": self.route}}
+        headers = {"X-Auth-Proxy-Error": self.code}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return web.Response(
+            status=self.status,
+            body=json.dumps(body).encode(),
+            content_type="application/json",
+            headers=headers,
+        )
+
+
+class NoRoute(ProxyError):
+    code = "no_route"
+
+
+class ClientUnauthorized(ProxyError):
+    code = "client_unauthorized"
+
+
+class Forbidden(ProxyError):
+    code = "forbidden"
+
+
+class BadRequest(ProxyError):
+    code = "bad_request"
+
+
+class LoginRejected(ProxyError):
+    """The vendor refused the credentials (a 4xx, a SOAP INVALID_LOGIN, ...).
+
+    Never retried automatically: repeated bad logins lock accounts.
+    """
+
+    code = "login_rejected"
+
+
+class LoginFailed(ProxyError):
+    """The login could not complete: network error, 5xx, or an answer we cannot use."""
+
+    code = "login_failed"
+
+
+class LoginBackoff(ProxyError):
+    code = "login_backoff"
+
+
+class UntrustedUpstream(ProxyError):
+    code = "untrusted_upstream"
+
+
+class UpstreamUnreachable(ProxyError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    code = "upstream_timeout"
+
+
+class PayloadTooLarge(ProxyError):
+    code = "payload_too_large"
+
+
+class Draining(ProxyError):
+    code = "draining"

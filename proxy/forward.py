@@ -1,0 +1,260 @@
+"""Forwarding one request upstream and streaming the answer back (SPEC §5).
+
+Vendor-neutral: it gets a session's headers and upstream base from the route's
+``RouteSessions`` and knows nothing about Informatica or Ivanti. The path is short:
+filter headers → inject → send (body streamed, or kept when small enough to replay)
+→ on an auth refusal renew once and replay → stream the response back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+from yarl import URL
+
+from proxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
+from proxy.outbound import _reason
+
+if TYPE_CHECKING:
+    from proxy.runtime import RouteRuntime
+    from proxy.sessions import Lease
+
+log = structlog.get_logger("auth_proxy.forward")
+
+# RFC 9110 §7.6.1, plus the non-standard names clients still send.
+HOP_BY_HOP = frozenset(
+    istr(h)
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+_NOT_FORWARDED = HOP_BY_HOP | {istr("Host")}
+_LOCATION_HEADERS = (istr("Location"), istr("Content-Location"))
+CHUNK = 256 * 1024
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the access log reports about the upstream side of a request."""
+
+    upstream_seconds: float = 0.0
+    replayed: bool = False
+
+
+def request_headers(
+    incoming: CIMultiDictProxy[str],
+    route: RouteRuntime,
+    injected: tuple[tuple[str, str], ...],
+    defaults: tuple[tuple[str, str], ...],
+) -> CIMultiDict[str]:
+    """The headers sent upstream: the client's, minus hop-by-hop and the ones we set."""
+    drop = route.drop_headers
+    conn = _connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if name in _NOT_FORWARDED or name in drop or (conn and name.lower() in conn):
+            continue
+        out.add(name, value)
+    for name, value in defaults:
+        if name not in out:
+            out[name] = value
+    for name, value in route.static_headers:
+        out[name] = value
+    for name, value in injected:
+        out[name] = value
+    return out
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+def response_headers(
+    upstream: aiohttp.ClientResponse, base: str, route_base: str
+) -> CIMultiDict[str]:
+    """The upstream's headers for the client: hop-by-hop dropped, Location rewritten."""
+    conn = _connection_tokens(upstream.headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        if name in HOP_BY_HOP or (conn and name.lower() in conn):
+            continue
+        if name in _LOCATION_HEADERS:
+            value = rewrite_location(value, base, route_base)
+        out.add(name, value)
+    return out
+
+
+def rewrite_location(value: str, base: str, route_base: str) -> str:
+    """Point a redirect at the proxy when it points at the upstream base."""
+    if value.startswith("/") and not value.startswith("//"):
+        origin = base.split("/", 3)
+        value = "/".join(origin[:3]) + value
+    if value == base or value.startswith(base + "/") or value.startswith(base + "?"):
+        return route_base + value[len(base) :]
+    return value
+
+
+class Body:
+    """A request body: kept in memory when it may need a replay, else streamed once."""
+
+    def __init__(self, request: web.BaseRequest, limit: int) -> None:
+        self._request = request
+        self._limit = limit
+        self.kept: bytes | None = None
+        self._prefix: list[bytes] = []
+        self.empty = not request.can_read_body
+
+    async def prepare(self) -> None:
+        if self.empty:
+            self.kept = b""
+            return
+        length = self._request.content_length
+        if length is not None and length <= self._limit:
+            self.kept = await self._request.read()
+            return
+        if length is None:
+            # Chunked: keep it if it ends within the limit, else stream what we have read.
+            size = 0
+            content = self._request.content
+            while size <= self._limit:
+                chunk = await content.readany()
+                if not chunk:
+                    self.kept = b"".join(self._prefix)
+                    self._prefix = []
+                    return
+                self._prefix.append(chunk)
+                size += len(chunk)
+
+    @property
+    def replayable(self) -> bool:
+        return self.kept is not None
+
+    def data(self) -> bytes | AsyncIterator[bytes] | None:
+        if self.kept is not None:
+            return self.kept if self.kept or not self.empty else None
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        prefix, self._prefix = self._prefix, []
+        for chunk in prefix:
+            yield chunk
+        async for chunk in self._request.content.iter_chunked(CHUNK):
+            yield chunk
+
+
+async def forward(
+    request: web.BaseRequest,
+    route: RouteRuntime,
+    rest: str,
+    query: str,
+    route_base: str,
+    outcome: Outcome,
+) -> web.StreamResponse:
+    sessions = route.sessions
+    body = Body(request, route.retry_body_limit)
+    try:
+        await body.prepare()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("the request body is too large", route=route.name) from None
+    lease = await sessions.acquire()
+    upstream = await _send(request, route, lease, rest, query, body, outcome)
+    if upstream.status in route.reauth_on:
+        if body.replayable:
+            upstream.release()
+            lease = await sessions.reauth(lease)
+            outcome.replayed = True
+            log.info("replaying_after_reauth", route=route.name, status=upstream.status)
+            upstream = await _send(request, route, lease, rest, query, body, outcome)
+            if upstream.status in route.reauth_on:
+                sessions.invalidate(lease)
+            else:
+                sessions.touch(lease)
+        else:
+            sessions.invalidate(lease)
+    else:
+        sessions.touch(lease)
+    return await _stream_back(request, route, upstream, lease, rest, route_base, outcome)
+
+
+async def _send(
+    request: web.BaseRequest,
+    route: RouteRuntime,
+    lease: Lease,
+    rest: str,
+    query: str,
+    body: Body,
+    outcome: Outcome,
+) -> aiohttp.ClientResponse:
+    session = lease.session
+    base = session.base_for(rest)
+    url = URL(base + rest + ("?" + query if query else ""), encoded=True)
+    headers = request_headers(request.headers, route, session.headers, session.default_headers)
+    client = route.client
+    started = time.perf_counter()
+    try:
+        response = await client.session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body.data(),
+            ssl=client.ssl,
+            timeout=client.timeout,
+            allow_redirects=False,
+        )
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"{url.host} did not answer within {client.settings.read_timeout:g}s",
+            route=route.name,
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(
+            f"{url.host} could not be reached ({_reason(exc)})", route=route.name
+        ) from None
+    finally:
+        outcome.upstream_seconds += time.perf_counter() - started
+    return response
+
+
+async def _stream_back(
+    request: web.BaseRequest,
+    route: RouteRuntime,
+    upstream: aiohttp.ClientResponse,
+    lease: Lease,
+    rest: str,
+    route_base: str,
+    outcome: Outcome,
+) -> web.StreamResponse:
+    try:
+        headers = response_headers(upstream, lease.session.base_for(rest), route_base)
+        route.filter_response_headers(headers, lease.session)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(headers)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        except TimeoutError:
+            log.warning("upstream_stalled_mid_body", route=route.name)
+            raise
+        await response.write_eof()
+        return response
+    finally:
+        upstream.release()

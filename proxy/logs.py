@@ -1,0 +1,123 @@
+"""Logging: structlog to stdout, JSON lines by default, with secrets masked (SPEC §8).
+
+Every event passes through ``Redactor`` last before rendering: values of known secret
+keys and auth headers are masked, and any secret value the proxy has seen (resolved
+passwords, session ids, tokens — registered by the session manager) is replaced wherever
+it appears in an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+MASK = "****"
+SECRET_KEYS = frozenset(
+    {
+        "password",
+        "api_key",
+        "apikey",
+        "token",
+        "access_token",
+        "client_secret",
+        "secret",
+        "authorization",
+        "proxy-authorization",
+        "icsessionid",
+        "infa-session-id",
+        "ids-session-id",
+        "session_id",
+        "sessionid",
+        "cookie",
+        "set-cookie",
+        "saml_token",
+        "oauth_token",
+        "jwt",
+        "jwt_token",
+        "security_token",
+        "sf_session_id",
+    }
+)
+_USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
+_TOKEN_QUERY = re.compile(
+    r"(?i)([?&](?:[a-z_]*token|[a-z_]*secret|password|api_key|apikey|sessionid|session_id|nonce|code)=)[^&\s\"']*"
+)
+_MIN_SECRET = 4
+
+
+class Redactor:
+    """A structlog processor that masks secrets anywhere in an event dict."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, value: str) -> None:
+        if len(value) >= _MIN_SECRET and value not in self._values:
+            self._values.add(value)
+            alternatives = sorted(self._values, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(v) for v in alternatives))
+
+    def text(self, value: str) -> str:
+        if self._pattern is not None:
+            value = self._pattern.sub(MASK, value)
+        if "://" in value:
+            value = _USERINFO.sub(MASK + "@", value)
+        if "=" in value:
+            value = _TOKEN_QUERY.sub(r"\1" + MASK, value)
+        return value
+
+    def value(self, key: str, value: Any) -> Any:
+        if key.lower() in SECRET_KEYS and value is not None:
+            return MASK
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {k: self.value(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(key, v) for v in value]
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        return self.text(str(value))
+
+    def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        for key, value in event.items():
+            if isinstance(value, str | Mapping | list | tuple) or key.lower() in SECRET_KEYS:
+                event[key] = self.value(key, value)
+        return event
+
+
+REDACTOR = Redactor()
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def setup_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            REDACTOR,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )

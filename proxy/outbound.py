@@ -1,0 +1,173 @@
+"""Outbound HTTP: the pooled client, TLS trust, timeouts and the ``resolve`` address map.
+
+One keep-alive ``aiohttp.ClientSession`` per process serves every route. Routes only
+differ in per-request settings (TLS context, timeouts); the two connector-level settings
+(``trust_env`` and ``resolve``) get their own pooled session only when a route changes
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from proxy.config import UpstreamSettings
+from proxy.errors import LoginFailed
+from proxy.flows.base import MAX_LOGIN_BODY, LoginRequest, LoginResponse
+
+log = structlog.get_logger("auth_proxy.outbound")
+
+POOL_LIMIT = 512
+
+
+class MappedResolver(AbstractResolver):
+    """Like ``curl --resolve``: listed ``host:port`` pairs connect to the mapped address.
+
+    TLS still verifies the original host name: aiohttp takes the SNI/verification name
+    from the URL, not from the resolved address.
+    """
+
+    def __init__(self, mapping: Mapping[str, str]) -> None:
+        self._map: dict[tuple[str, int], tuple[str, int]] = {}
+        for key, target in mapping.items():
+            host, _, port = key.rpartition(":")
+            addr, _, addr_port = target.rpartition(":")
+            self._map[(host.lower().strip("[]"), int(port))] = (addr.strip("[]"), int(addr_port))
+        self._fallback = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        target = self._map.get((host.lower(), port))
+        if target is None:
+            return await self._fallback.resolve(host, port, family)
+        addr, addr_port = target
+        return [
+            ResolveResult(
+                hostname=host,
+                host=addr,
+                port=addr_port,
+                family=socket.AF_INET6 if ":" in addr else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        ]
+
+    async def close(self) -> None:
+        await self._fallback.close()
+
+
+_warned_insecure: set[str] = set()
+
+
+def ssl_context_for(settings: UpstreamSettings, route: str) -> ssl.SSLContext | bool:
+    """System trust plus ``ca_bundle`` (added, not substituted); False when disabled."""
+    if not settings.verify_tls:
+        if route not in _warned_insecure:
+            _warned_insecure.add(route)
+            log.warning("tls_verification_disabled", route=route)
+        return False
+    ctx = ssl.create_default_context()
+    if settings.ca_bundle:
+        ctx.load_verify_locations(cafile=settings.ca_bundle)
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class RouteClient:
+    """What one route needs to talk upstream: a pooled session and per-request settings."""
+
+    session: aiohttp.ClientSession
+    ssl: ssl.SSLContext | bool
+    timeout: aiohttp.ClientTimeout
+    settings: UpstreamSettings
+
+    async def execute(self, request: LoginRequest) -> LoginResponse:
+        """Perform a flow's login-side call; any failure becomes ``LoginFailed``."""
+        host = urlsplit(request.url).hostname or "?"
+        try:
+            async with self.session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                data=request.body,
+                ssl=self.ssl,
+                timeout=self.timeout,
+                allow_redirects=False,
+                auto_decompress=True,
+            ) as resp:
+                body = await resp.content.read(MAX_LOGIN_BODY + 1)
+                if len(body) > MAX_LOGIN_BODY:
+                    raise LoginFailed(f"the {request.purpose} answer from {host} is too large")
+                return LoginResponse(resp.status, resp.headers, body, str(resp.url))
+        except TimeoutError:
+            raise LoginFailed(f"the {request.purpose} call to {host} timed out") from None
+        except aiohttp.ClientSSLError as exc:
+            raise LoginFailed(
+                f"the {request.purpose} call to {host} failed TLS verification ({_reason(exc)})"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise LoginFailed(
+                f"the {request.purpose} call to {host} failed ({_reason(exc)})"
+            ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = type(exc).__name__
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        text += f": {os_error.strerror}"
+    return text
+
+
+class Outbound:
+    """Owns the pooled client sessions; ``client_for`` hands each route its ``RouteClient``."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[bool, tuple[tuple[str, str], ...]], aiohttp.ClientSession] = {}
+
+    def client_for(self, route: str, settings: UpstreamSettings) -> RouteClient:
+        key = (settings.trust_env, tuple(sorted(settings.resolve.items())))
+        session = self._sessions.get(key)
+        if session is None:
+            session = self._sessions[key] = self._new_session(settings)
+        return RouteClient(
+            session=session,
+            ssl=ssl_context_for(settings, route),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.connect_timeout,
+                sock_read=settings.read_timeout,
+            ),
+            settings=settings,
+        )
+
+    @staticmethod
+    def _new_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
+        kwargs: dict[str, Any] = {}
+        if settings.resolve:
+            kwargs["resolver"] = MappedResolver(settings.resolve)
+        connector = aiohttp.TCPConnector(limit=POOL_LIMIT, ttl_dns_cache=60, **kwargs)
+        return aiohttp.ClientSession(
+            connector=connector,
+            trust_env=settings.trust_env,
+            # A transparent proxy: bytes pass as they are, no cookies are kept between
+            # clients, and nothing the client did not send is added.
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

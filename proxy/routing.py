@@ -1,0 +1,89 @@
+"""Picking the route for a request: by listener port, Host header, or path prefix (SPEC §3).
+
+Lookups are dictionary hits, not scans: prefix routes are indexed by their first path
+segment, exact host names by name; only ``*.`` wildcard hosts are checked in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Matched(Generic[T]):
+    target: T
+    prefix: str  # the part of the path that the upstream base replaces ("" for host/port)
+    rest: str  # the path after the prefix, always starting with "/"
+
+
+def host_without_port(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        host = name
+    return host.rstrip(".")
+
+
+class Router(Generic[T]):
+    def __init__(self) -> None:
+        self._by_port: dict[int, T] = {}
+        self._by_host: dict[str, T] = {}
+        self._wildcards: list[tuple[str, T]] = []  # (".example.com", target)
+        self._by_segment: dict[str, list[tuple[str, T]]] = {}
+        self._root: T | None = None
+
+    def add_port(self, port: int, target: T) -> None:
+        self._by_port[port] = target
+
+    def add_hosts(self, patterns: Iterable[str], target: T) -> None:
+        for pattern in patterns:
+            if pattern.startswith("*."):
+                self._wildcards.append((pattern[1:], target))
+            else:
+                self._by_host[pattern] = target
+        # Longest suffix first, so a.b.example.com prefers *.b.example.com.
+        self._wildcards.sort(key=lambda item: -len(item[0]))
+
+    def add_prefix(self, prefix: str, target: T) -> None:
+        if prefix == "/":
+            self._root = target
+            return
+        segment = prefix[1:].split("/", 1)[0]
+        self._by_segment.setdefault(segment, []).append((prefix, target))
+
+    def has_host(self, host: str) -> bool:
+        return self.match_host(host) is not None
+
+    def match_host(self, host: str) -> T | None:
+        target = self._by_host.get(host)
+        if target is not None:
+            return target
+        for suffix, candidate in self._wildcards:
+            if host.endswith(suffix):
+                return candidate
+        return None
+
+    def match(self, port: int, host: str, path: str) -> Matched[T] | None:
+        """``host`` without port, lowercased; ``path`` raw, without the query."""
+        target = self._by_port.get(port)
+        if target is not None:
+            return Matched(target, "", path)
+        if host and (target := self.match_host(host)) is not None:
+            return Matched(target, "", path)
+        end = path.find("/", 1)
+        segment = path[1:] if end == -1 else path[1:end]
+        for prefix, candidate in self._by_segment.get(segment, ()):
+            if path == prefix:
+                return Matched(candidate, prefix, "/")
+            if path.startswith(prefix) and path[len(prefix)] == "/":
+                return Matched(candidate, prefix, path[len(prefix) :])
+        if self._root is not None:
+            return Matched(self._root, "", path)
+        return None

@@ -1,0 +1,163 @@
+"""Fake Ivanti Service Manager tenant (protocols §7), at the root and under ``/HEAT``."""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any
+
+from aiohttp import web
+
+from proxy.sandbox.state import (
+    IvantiSession,
+    SandboxState,
+    SandboxUrls,
+    journal_middleware,
+    random_id,
+    read_json_object,
+    read_jwt,
+    sign_jwt,
+)
+
+# On-prem installs serve the same API under /HEAT.
+_PREFIXES = ("", "/HEAT")
+_RECORD_TARGET = re.compile(r"(?P<objects>\w+)(?:\('(?P<rec_id>[^']*)'\))?")
+_KNOWN_OBJECTS = {"incidents"}
+
+_METADATA = """<?xml version="1.0" encoding="utf-8"?>
+<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">
+  <edmx:DataServices>
+    <Schema Namespace="Ivanti.Sandbox" xmlns="http://docs.oasis-open.org/odata/ns/edm">
+      <EntityType Name="Incident">
+        <Key><PropertyRef Name="RecId"/></Key>
+        <Property Name="RecId" Type="Edm.String" Nullable="false"/>
+        <Property Name="IncidentNumber" Type="Edm.Int32"/>
+        <Property Name="Subject" Type="Edm.String"/>
+        <Property Name="Status" Type="Edm.String"/>
+      </EntityType>
+      <EntityContainer Name="Container">
+        <EntitySet Name="incidents" EntityType="Ivanti.Sandbox.Incident"/>
+      </EntityContainer>
+    </Schema>
+  </edmx:DataServices>
+</edmx:Edmx>
+"""
+
+
+def ism_error(status: int, code: str, description: str, message: str) -> web.Response:
+    body = {"code": code, "description": description, "message": [message]}
+    return web.json_response(body, status=status)
+
+
+def _unauthorized() -> web.Response:
+    return ism_error(
+        401, "ISM_4001", "Invalid session key or session timed out", "Authentication required"
+    )
+
+
+def _bad_request(message: str) -> web.Response:
+    return ism_error(400, "ISM_4000", "Bad Request", message)
+
+
+class _Tenant:
+    def __init__(self, state: SandboxState, urls: SandboxUrls) -> None:
+        self.state = state
+        self.urls = urls
+
+    async def login(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        if body is None:
+            return _bad_request("The request body is not a valid JSON object.")
+        user = self.state.ivanti_users.get(str(body.get("username")))
+        if (
+            body.get("tenant") != self.state.ivanti_tenant
+            or user is None
+            or body.get("password") != user.password
+            or body.get("role") != user.role
+        ):
+            return _bad_request(
+                "Unhandled system exception: Tenant Not Found or wrong Password"
+                " or OpenID not Configured Properly."
+            )
+        now = self.state.clock.now()
+        username = str(body["username"])
+        if self.state.ivanti_session_kind == "jwt":
+            jwt_expiry = now + self.state.ivanti_jwt_lifetime
+            claims = {"sub": username, "role": user.role, "iat": int(now), "exp": int(jwt_expiry)}
+            key = sign_jwt(claims, self.state.ivanti_jwt_key)
+            expires_at: float | None = jwt_expiry
+        else:
+            expires_at = None
+            secret = random_id(32, string.ascii_uppercase + string.digits)
+            key = f"{self.state.ivanti_tenant}#{secret}#2"
+        self.state.ivanti_sessions[key] = IvantiSession(
+            key=key, username=username, role=user.role, last_used=now, expires_at=expires_at
+        )
+        # The whole body is a bare JSON string, not an object (protocols §7.2).
+        return web.json_response(key)
+
+    def _is_authorized(self, request: web.Request) -> bool:
+        authorization = request.headers.get("Authorization", "").strip()
+        if authorization.startswith("rest_api_key="):
+            return authorization.removeprefix("rest_api_key=") in self.state.ivanti_api_keys
+        if authorization.lower().startswith("bearer "):
+            token = authorization[len("bearer ") :].strip()
+            if read_jwt(token, self.state.ivanti_jwt_key) is None:
+                return False
+            return self.state.use_ivanti_session(token) is not None
+        # A raw session key; a JWT sent without "Bearer" is not accepted.
+        return "#" in authorization and self.state.use_ivanti_session(authorization) is not None
+
+    async def business_object(self, request: web.Request) -> web.Response:
+        if not self._is_authorized(request):
+            return _unauthorized()
+        target = _RECORD_TARGET.fullmatch(request.match_info["target"])
+        objects = target.group("objects").lower() if target else ""
+        if target is None or objects not in _KNOWN_OBJECTS:
+            return ism_error(404, "ISM_4004", "Not Found", "Invalid path or business object.")
+        context = f"{self.urls.ivanti}/api/odata/$metadata#{objects}"
+        rec_id = target.group("rec_id")
+        if rec_id is not None:
+            record = self.state.ivanti_incidents.get(rec_id)
+            if record is None:
+                return _bad_request(f"Invalid key {rec_id!r}.")
+            return web.json_response({"@odata.context": context, **record})
+        rows: list[dict[str, Any]] = list(self.state.ivanti_incidents.values())
+        top = request.query.get("$top")
+        if top is not None:
+            if not top.isdigit():
+                return _bad_request("$top must be a non-negative integer.")
+            rows = rows[: int(top)]
+        return web.json_response(
+            {
+                "@odata.context": context,
+                "@odata.count": len(rows),
+                "value": rows,
+                "rawQuery": request.rel_url.raw_query_string,
+            }
+        )
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        if not self._is_authorized(request):
+            return _unauthorized()
+        return web.Response(text=_METADATA, content_type="application/xml", charset="utf-8")
+
+
+def build_ivanti_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
+    tenant = _Tenant(state, urls)
+    app = web.Application(
+        middlewares=[
+            journal_middleware(
+                state,
+                "ivanti",
+                lambda r: (
+                    "ivanti-login" if r.path.endswith("/api/rest/authentication/login") else None
+                ),
+            )
+        ]
+    )
+    for prefix in _PREFIXES:
+        app.router.add_post(f"{prefix}/api/rest/authentication/login", tenant.login)
+        app.router.add_get(f"{prefix}/api/odata/$metadata", tenant.metadata)
+        app.router.add_get(f"{prefix}/api/odata/businessobject/{{target}}", tenant.business_object)
+    return app

@@ -1,0 +1,384 @@
+"""The sandbox's whole mutable world, plus the small pieces every fake vendor app shares.
+
+Tests run the sandbox in-process and read or change a ``SandboxState`` directly: they move
+its clock, expire sessions, flip failure switches, and assert on the journals of what the
+"vendor" received. Nothing here persists; a new state is a fresh world.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import string
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from multidict import CIMultiDict
+
+from proxy.clock import Clock
+
+JOURNAL_BODY_LIMIT = 64 * 1024
+"""Request bodies at or above this size (or of unknown size) are journaled as ``None``."""
+
+
+@dataclass(frozen=True)
+class SandboxUrls:
+    """Origins (scheme://host:port, no trailing slash) of the five sandbox hosts."""
+
+    login: str
+    pod: str
+    cdgc: str
+    idp: str
+    ivanti: str
+
+
+@dataclass
+class SeenRequest:
+    """One request exactly as a fake vendor received it."""
+
+    service: str
+    method: str
+    url: str
+    headers: CIMultiDict[str]
+    body: bytes | None
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+
+@dataclass
+class IicsUser:
+    password: str
+    org_id: str
+    legacy_org_id: str
+    user_id: str
+    org_name: str = "Sandbox Org"
+    first_name: str = "Demo"
+    last_name: str = "User"
+    email: str = "demo@example.com"
+    session_kind: Literal["id", "jwt"] = "id"
+
+
+@dataclass
+class IicsSession:
+    """One IICS/IDMC session; v2, v3 and identity-service logins all share one table."""
+
+    session_id: str
+    username: str
+    org_id: str
+    created: float
+    last_used: float
+    kind: Literal["id", "jwt"]
+    service: str
+    expires_at: float | None = None
+    """Absolute deadline: the JWT ``exp``, or an identity-service ``sessionExpireTime``."""
+
+
+@dataclass
+class SalesforceUser:
+    password: str
+    security_token: str
+
+
+@dataclass
+class IvantiUser:
+    password: str
+    role: str
+
+
+@dataclass
+class IvantiSession:
+    key: str
+    username: str
+    role: str
+    last_used: float
+    expires_at: float | None = None
+
+
+def _default_iics_users() -> dict[str, IicsUser]:
+    return {
+        "demo": IicsUser(
+            password="demo-password",
+            org_id="5Xq2jG0mLwKzYbPdRt7sUe",
+            legacy_org_id="015ZHE",
+            user_id="9pQwErTyUiOpAsDfGhJkLz",
+        )
+    }
+
+
+def _default_incidents() -> dict[str, dict[str, Any]]:
+    rows = [
+        ("6B3A1F0C2D4E4F5A8B9C0D1E2F3A4B5C", 10001, "Printer on fire", "Active"),
+        ("7C4B2A1D3E5F405B9CAD1E2F3A4B5C6D", 10002, "VPN drops every hour", "Logged"),
+        ("8D5C3B2E4F6A416CADBE2F3A4B5C6D7E", 10003, "Password reset", "Resolved"),
+    ]
+    return {
+        rec_id: {"RecId": rec_id, "IncidentNumber": number, "Subject": subject, "Status": status}
+        for rec_id, number, subject, status in rows
+    }
+
+
+@dataclass
+class SandboxState:
+    clock: Clock = field(default_factory=Clock)
+
+    # IICS / IDMC
+    iics_users: dict[str, IicsUser] = field(default_factory=_default_iics_users)
+    iics_idle_timeout: float = 1800
+    jwt_lifetime: float = 1800
+    iics_sessions: dict[str, IicsSession] = field(default_factory=dict)
+    ids_session_lifetime: float = 7200
+    jwt_lifetime_ids: float = 1800
+    ids_jwts: dict[str, float] = field(default_factory=dict)
+    """jti -> exp of every JWT minted by jwt/Token that the CDGC host still honours."""
+    saml_assertions: dict[str, str] = field(default_factory=dict)
+    """Assertion id -> IICS user name, for every token ``mint_saml_token`` made."""
+    used_saml_assertions: set[str] = field(default_factory=set)
+
+    # OAuth2 identity provider feeding loginOAuth
+    oauth_clients: dict[str, str] = field(
+        default_factory=lambda: {"demo-client": "demo-client-secret"}
+    )
+    oauth_client_users: dict[str, str] = field(default_factory=lambda: {"demo-client": "demo"})
+    oauth_audience: str = "api://5Xq2jG0mLwKzYbPdRt7sUe.dm-us.informaticacloud.com"
+    idp_token_lifetime: float = 3600
+    issued_jtis: list[str] = field(default_factory=list)
+    used_jtis: set[str] = field(default_factory=set)
+
+    # Salesforce SOAP login feeding loginSf
+    sf_users: dict[str, SalesforceUser] = field(
+        default_factory=lambda: {"demo@sf.example": SalesforceUser("sf-password", "SFTOKEN123")}
+    )
+    sf_sessions: set[str] = field(default_factory=lambda: {"00Dsandbox!AQdemoSfSession"})
+    sf_iics_user: str = "demo"
+
+    # Ivanti Service Manager
+    ivanti_tenant: str = "tenant.ivanti.localhost"
+    ivanti_api_keys: set[str] = field(default_factory=lambda: {"demo-api-key"})
+    ivanti_users: dict[str, IvantiUser] = field(
+        default_factory=lambda: {"demo": IvantiUser("demo-password", "Admin")}
+    )
+    ivanti_session_kind: Literal["key", "jwt"] = "key"
+    ivanti_idle_timeout: float = 1200
+    ivanti_jwt_lifetime: float = 3600
+    ivanti_sessions: dict[str, IvantiSession] = field(default_factory=dict)
+    ivanti_incidents: dict[str, dict[str, Any]] = field(default_factory=_default_incidents)
+
+    # Signing keys, one per issuer, so a token from one cannot pass as another's.
+    iics_jwt_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    ids_jwt_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    idp_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    ivanti_jwt_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+
+    # Failure switches, honoured by every login endpoint of every vendor.
+    login_status_override: int | None = None
+    login_delay: float = 0.0
+    login_non_json: bool = False
+    server_url_override: str | None = None
+
+    # Journals
+    logins: list[SeenRequest] = field(default_factory=list)
+    requests: list[SeenRequest] = field(default_factory=list)
+
+    def logins_for(self, service: str) -> list[SeenRequest]:
+        return [seen for seen in self.logins if seen.service == service]
+
+    def requests_for(self, service: str) -> list[SeenRequest]:
+        return [seen for seen in self.requests if seen.service == service]
+
+    def requests_to(self, path: str) -> list[SeenRequest]:
+        return [seen for seen in self.requests if seen.path == path]
+
+    def expire_all_sessions(self) -> None:
+        """End every IICS, identity-service and Ivanti session and every minted CDGC JWT."""
+        self.iics_sessions.clear()
+        self.ids_jwts.clear()
+        self.ivanti_sessions.clear()
+
+    def expire_session(self, session_id: str) -> None:
+        self.iics_sessions.pop(session_id, None)
+        self.ivanti_sessions.pop(session_id, None)
+
+    def open_iics_session(
+        self, username: str, service: str, *, lifetime: float | None = None
+    ) -> IicsSession:
+        """Start a session for ``username``; a JWT-mode org gets a JWT as its session id."""
+        user = self.iics_users[username]
+        now = self.clock.now()
+        expires_at = None if lifetime is None else now + lifetime
+        if user.session_kind == "jwt":
+            expires_at = now + self.jwt_lifetime
+            claims = {
+                "sub": username,
+                "org": user.org_id,
+                "iat": int(now),
+                "exp": int(expires_at),
+                "jti": secrets.token_hex(16),
+            }
+            session_id = sign_jwt(claims, self.iics_jwt_key)
+        else:
+            session_id = random_id(22)
+        session = IicsSession(
+            session_id=session_id,
+            username=username,
+            org_id=user.org_id,
+            created=now,
+            last_used=now,
+            kind=user.session_kind,
+            service=service,
+            expires_at=expires_at,
+        )
+        self.iics_sessions[session_id] = session
+        return session
+
+    def use_iics_session(self, session_id: str | None) -> IicsSession | None:
+        """The live session for ``session_id``, marked as just used; ``None`` if dead."""
+        session = self.iics_sessions.get(session_id or "")
+        if session is None:
+            return None
+        now = self.clock.now()
+        expired = session.expires_at is not None and now >= session.expires_at
+        # A JWT session ends at its exp no matter how busy it is; an id session slides.
+        idle = session.kind == "id" and now - session.last_used >= self.iics_idle_timeout
+        if expired or idle:
+            del self.iics_sessions[session.session_id]
+            return None
+        session.last_used = now
+        return session
+
+    def use_ivanti_session(self, key: str) -> IvantiSession | None:
+        session = self.ivanti_sessions.get(key)
+        if session is None:
+            return None
+        now = self.clock.now()
+        expired = session.expires_at is not None and now >= session.expires_at
+        idle = now - session.last_used >= self.ivanti_idle_timeout
+        if expired or idle:
+            del self.ivanti_sessions[key]
+            return None
+        session.last_used = now
+        return session
+
+
+def random_id(length: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+# --- JWT (HS256), just enough for the fakes to mint and check their own tokens ---
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_jwt(claims: dict[str, Any], key: bytes) -> str:
+    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = f"{header}.{payload}".encode("ascii")
+    signature = hmac.new(key, signing_input, hashlib.sha256).digest()
+    return f"{header}.{payload}.{_b64url(signature)}"
+
+
+def read_jwt(token: str, key: bytes) -> dict[str, Any] | None:
+    """The claims of ``token`` if ``key`` signed it, else ``None``. Does not check ``exp``."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    header, payload, signature = parts
+    expected = hmac.new(key, f"{header}.{payload}".encode("ascii", "replace"), hashlib.sha256)
+    try:
+        if not hmac.compare_digest(_b64url(expected.digest()), signature):
+            return None
+        claims = json.loads(_b64url_decode(payload))
+    except ValueError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+# --- aiohttp glue shared by the fake vendor apps ---
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any] | None:
+    """The request body as a JSON object, or ``None`` if it is anything else."""
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _is_small(request: web.Request) -> bool:
+    length = request.content_length
+    return length is not None and length < JOURNAL_BODY_LIMIT
+
+
+async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body piece by piece, without holding a large one in memory."""
+    if _is_small(request):
+        # The journal may have read it already; read() hands back that cached copy.
+        yield await request.read()
+        return
+    async for chunk in request.content.iter_chunked(JOURNAL_BODY_LIMIT):
+        yield chunk
+
+
+async def _journal_body(request: web.Request) -> bytes | None:
+    if not request.body_exists:
+        return b""
+    return await request.read() if _is_small(request) else None
+
+
+def journal_middleware(
+    state: SandboxState, app_name: str, login_service: Callable[[web.Request], str | None]
+) -> Middleware:
+    """Journal every request; login endpoints also obey the state's failure switches.
+
+    ``login_service`` names the login endpoint a request is for (``None`` for any other
+    request, which is journaled in ``state.requests`` under ``app_name``).
+    """
+
+    @web.middleware
+    async def journal(request: web.Request, handler: Handler) -> web.StreamResponse:
+        service = login_service(request)
+        seen = SeenRequest(
+            service=service or app_name,
+            method=request.method,
+            url=f"{request.scheme}://{request.host}{request.raw_path}",
+            headers=CIMultiDict(request.headers),
+            body=await _journal_body(request),
+        )
+        if service is None:
+            state.requests.append(seen)
+            return await handler(request)
+        state.logins.append(seen)
+        if state.login_delay:
+            await asyncio.sleep(state.login_delay)
+        if state.login_status_override is not None:
+            return web.json_response(
+                {"error": {"code": "SANDBOX", "message": "Forced by login_status_override."}},
+                status=state.login_status_override,
+            )
+        if state.login_non_json:
+            return web.Response(
+                text="<html><body><h1>Down for maintenance</h1></body></html>",
+                content_type="text/html",
+            )
+        return await handler(request)
+
+    return journal

@@ -1,0 +1,291 @@
+"""One cached vendor session per route, and the rules that keep accounts safe (SPEC §4).
+
+``RouteSessions.acquire()`` is on every request's path, so its fast path is a few
+comparisons. Everything else — logging in, renewing, backing off — happens in at most
+one task per route at a time (single flight): concurrent requests wait on that task
+through ``asyncio.shield`` so a cancelled client never cancels the login the others
+are waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from proxy.clock import Clock
+from proxy.errors import LoginBackoff, LoginFailed, LoginRejected, ProxyError
+from proxy.flows.base import Flow, FlowGen, LoginRequest, LoginResponse, Session
+from proxy.secrets import Secret
+
+log = structlog.get_logger("auth_proxy.sessions")
+
+Executor = Callable[[LoginRequest], Awaitable[LoginResponse]]
+LoginObserver = Callable[[str, str, float], None]  # route, result, seconds
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """A session in use, with the wall-clock time it was last used (sliding expiry)."""
+
+    session: Session
+    logged_in_at: float
+    last_used: float
+    idle_timeout: float | None
+
+    def expires_at(self) -> float:
+        ends = [t for t in (self.session.hard_expiry, self.session.token_expiry) if t is not None]
+        if self.idle_timeout is not None and self.session.sliding:
+            ends.append(self.last_used + self.idle_timeout)
+        return min(ends) if ends else float("inf")
+
+
+@dataclass(slots=True)
+class SessionStatus:
+    """What ``/-/sessions`` and metrics show: never a secret."""
+
+    state: str
+    logged_in_at: float | None = None
+    expires_at: float | None = None
+    last_error: str | None = None
+    org: str | None = None
+    upstream: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class RouteSessions:
+    def __init__(
+        self,
+        route: str,
+        flow: Flow,
+        execute: Executor,
+        *,
+        clock: Clock,
+        idle_timeout: float | None,
+        refresh_margin: float,
+        login_retry_after: float,
+        on_secret: Callable[[str], None] = lambda _value: None,
+        on_login: LoginObserver = lambda _route, _result, _seconds: None,
+    ) -> None:
+        self.route = route
+        self.flow = flow
+        self._execute = execute
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._margin = refresh_margin
+        self._retry_after = login_retry_after
+        self._on_secret = on_secret
+        self._on_login = on_login
+        self._lease: Lease | None = None
+        self._task: asyncio.Task[Lease] | None = None
+        self._rejected: ProxyError | None = None
+        self._rejected_until = 0.0
+        self._backoff_until = 0.0
+        self._backoff_step = 0.0
+        self.last_error: str | None = None
+        self.logins = 0
+
+    # ------------------------------------------------------------------ request path
+
+    async def acquire(self) -> Lease:
+        """A lease on a valid session, logging in first when there is none."""
+        lease = self._lease
+        if lease is not None:
+            left = lease.expires_at() - self._clock.now()
+            if left > self._margin:
+                return lease
+            if left > 0:
+                # Still usable: renew in the background and serve this request now. A
+                # renewal that may not start (backoff, rejected) leaves the lease in use.
+                with contextlib.suppress(ProxyError):
+                    self._start(lease)
+                return lease
+            self._lease = None
+            log.info("session_expired", route=self.route)
+        return await self._shared(None)
+
+    def touch(self, lease: Lease) -> None:
+        """A proxied call succeeded with ``lease``: the vendor's idle clock restarted."""
+        lease.last_used = self._clock.now()
+
+    async def reauth(self, used: Lease) -> Lease:
+        """The upstream refused ``used``: drop it (if still current) and get a new one.
+
+        A 401 storm ends in one renewal: later callers find the lease already replaced
+        or join the renewal in flight.
+        """
+        if self.invalidate(used):
+            return await self._shared(used)
+        if self._lease is not None:
+            return self._lease
+        return await self._shared(None)
+
+    def invalidate(self, used: Lease) -> bool:
+        """Forget ``used`` if it is still the current lease; True when it was."""
+        if self._lease is not used:
+            return False
+        self._lease = None
+        log.info("session_invalidated", route=self.route, reason="upstream refused it")
+        return True
+
+    # ------------------------------------------------------------------ single flight
+
+    async def _shared(self, previous: Lease | None) -> Lease:
+        task = self._task or self._start(previous)
+        return await asyncio.shield(task)
+
+    def _start(self, previous: Lease | None) -> asyncio.Task[Lease]:
+        if self._task is not None:
+            return self._task
+        now = self._clock.now()
+        if self._rejected is not None and now < self._rejected_until:
+            raise LoginRejected(self._rejected.message, route=self.route)
+        if now < self._backoff_until:
+            raise LoginBackoff(
+                f"the last login failed ({self.last_error}); retrying in a moment",
+                route=self.route,
+                retry_after=self._backoff_until - now,
+            )
+        task = asyncio.get_running_loop().create_task(self._run(previous))
+        task.add_done_callback(self._finished)
+        self._task = task
+        return task
+
+    def _finished(self, task: asyncio.Task[Lease]) -> None:
+        self._task = None
+        if not task.cancelled():
+            task.exception()  # retrieved here so an unawaited failure is not reported twice
+
+    async def _run(self, previous: Lease | None) -> Lease:
+        renewing = previous is not None and self._can_renew(previous)
+        started = time.perf_counter()
+        kind = "renew" if renewing else "login"
+        try:
+            gen = self.flow.renew(previous.session) if renewing and previous else self.flow.login()
+            session = await self._drive(gen)
+        except LoginRejected as exc:
+            exc.for_route(self.route)
+            self._rejected = exc
+            self._rejected_until = self._clock.now() + self._retry_after
+            self.last_error = exc.message
+            self._on_login(self.route, "rejected", time.perf_counter() - started)
+            log.warning(
+                "login_rejected",
+                route=self.route,
+                reason=exc.message,
+                retry_after=self._retry_after,
+            )
+            raise
+        except ProxyError as exc:
+            exc.for_route(self.route)
+            self._fail(exc, started)
+            raise
+        except Exception as exc:  # a flow bug must not wedge the route
+            log.exception("login_crashed", route=self.route)
+            err = LoginFailed(f"login failed unexpectedly ({type(exc).__name__})", route=self.route)
+            self._fail(err, started)
+            raise err from None
+        now = self._clock.now()
+        self._lease = Lease(session, now, now, self._idle_timeout)
+        self._backoff_step = 0.0
+        self._rejected = None
+        self.last_error = None
+        self.logins += 1
+        elapsed = time.perf_counter() - started
+        self._on_login(self.route, "ok", elapsed)
+        log.info(
+            "login_ok" if kind == "login" else "session_renewed",
+            route=self.route,
+            seconds=round(elapsed, 3),
+            upstream=session.upstream,
+            org=session.org,
+        )
+        return self._lease
+
+    def _fail(self, exc: ProxyError, started: float) -> None:
+        self._backoff_step = min(BACKOFF_MAX, self._backoff_step * 2 or BACKOFF_FIRST)
+        self._backoff_until = self._clock.now() + self._backoff_step
+        self.last_error = exc.message
+        self._on_login(self.route, exc.code, time.perf_counter() - started)
+        log.warning(
+            "login_failed",
+            route=self.route,
+            code=exc.code,
+            reason=exc.message,
+            backoff=self._backoff_step,
+        )
+
+    def _can_renew(self, lease: Lease) -> bool:
+        """Renew (not log in) only when a renewable token runs out before the session."""
+        s = lease.session
+        if s.token_expiry is None:
+            return False
+        now = self._clock.now()
+        session_left = (s.hard_expiry if s.hard_expiry is not None else float("inf")) - now
+        if s.sliding and self._idle_timeout is not None:
+            session_left = min(session_left, lease.last_used + self._idle_timeout - now)
+        return session_left > self._margin
+
+    async def _drive(self, gen: FlowGen) -> Session:
+        reply: LoginResponse | str | None = None
+        try:
+            while True:
+                step = gen.send(reply) if reply is not None else next(gen)
+                if isinstance(step, Secret):
+                    value = await step.resolve()
+                    self._on_secret(value)
+                    reply = value
+                else:
+                    reply = await self._execute(step)
+        except StopIteration as stop:
+            session: Session = stop.value
+            for value in session.secrets:
+                self._on_secret(value)
+            return session
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def status(self) -> SessionStatus:
+        now = self._clock.now()
+        lease = self._lease
+        if self._task is not None and lease is None:
+            state = "logging_in"
+        elif lease is not None and lease.expires_at() > now:
+            state = "active"
+        elif self._rejected is not None and now < self._rejected_until:
+            state = "rejected"
+        elif now < self._backoff_until:
+            state = "backoff"
+        else:
+            state = "none"
+        st = SessionStatus(state=state, last_error=self.last_error)
+        if lease is not None:
+            exp = lease.expires_at()
+            st.logged_in_at = lease.logged_in_at
+            st.expires_at = None if exp == float("inf") else exp
+            st.org = lease.session.org
+            st.upstream = lease.session.upstream
+        return st
+
+    async def logout(self) -> None:
+        """End the vendor session (shutdown, removed route). Errors are logged, not raised."""
+        lease, self._lease = self._lease, None
+        if self._task is not None:
+            self._task.cancel()
+        if lease is None:
+            return
+        request = self.flow.logout(lease.session)
+        if request is None:
+            return
+        try:
+            response = await self._execute(request)
+            log.info("logout", route=self.route, status=response.status)
+        except Exception as exc:
+            log.warning("logout_failed", route=self.route, error=type(exc).__name__)
