@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -620,3 +621,25 @@ async def test_https_sandbox(http):
         async with http.post(url, json=DEMO, ssl=client_context) as response:
             body = await response.json()
         assert body["products"][0]["baseApiUrl"] == sandbox.urls.pod + "/saas"
+
+
+async def test_login_delay_keeps_a_login_in_flight(sandbox, http):
+    sandbox.state.login_delay = 0.5
+    url = sandbox.urls.login + "/saas/public/core/v3/login"
+    login = asyncio.create_task(http.post(url, json=DEMO))
+    done, _ = await asyncio.wait({login}, timeout=0.15)
+    assert not done
+    assert len(sandbox.state.logins) == 1 and sandbox.state.iics_sessions == {}
+    async with await login as response:
+        assert response.status == 200
+    assert len(sandbox.state.iics_sessions) == 1
+
+
+async def test_small_import_body_is_journaled_and_hashed(sandbox, http):
+    session_id = await v2_login(http, sandbox)
+    url = sandbox.urls.pod + "/saas/public/core/v3/import/package"
+    headers = {"INFA-SESSION-ID": session_id, "Content-Type": "application/zip"}
+    async with http.post(url, data=b"tiny", headers=headers) as response:
+        assert (await response.json())["sha256"] == hashlib.sha256(b"tiny").hexdigest()
+    [seen] = sandbox.state.requests_to("/saas/public/core/v3/import/package")
+    assert seen.body == b"tiny"

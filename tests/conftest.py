@@ -1,0 +1,103 @@
+"""Shared fixtures: the sandbox on loopback, a proxy factory, a shared movable clock.
+
+The sandbox and the proxy read the same ``ManualClock``, so a test that advances it
+moves both vendor-side and proxy-side expiry, without sleeping.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.app import ProxyServer
+from proxy.clock import ManualClock
+from proxy.config import parse_config
+from proxy.logs import setup_logging
+from proxy.sandbox import Sandbox, SandboxState, run_sandbox
+
+PROXY_ENV = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "AUTH_PROXY_CONFIG",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outbound calls must not wander through a proxy or CA set by the machine."""
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+class LogCapture:
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.buffer.getvalue()
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = [json.loads(line) for line in self.text.splitlines() if line.strip()]
+        return [e for e in out if name is None or e.get("event") == name]
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[LogCapture]:
+    """Every test logs JSON at debug level into a buffer it can inspect."""
+    capture = LogCapture()
+    setup_logging("debug", "json", stream=capture.buffer)
+    yield capture
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def sandbox(clock: ManualClock) -> AsyncIterator[Sandbox]:
+    async with run_sandbox(SandboxState(clock=clock)) as sb:
+        yield sb
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+ProxyFactory = Callable[..., Awaitable[ProxyServer]]
+
+
+@pytest.fixture
+async def make_proxy(clock: ManualClock) -> AsyncIterator[ProxyFactory]:
+    """``await make_proxy(routes=[...], **top_level)`` → a started ``ProxyServer``."""
+    servers: list[ProxyServer] = []
+
+    async def factory(*, routes: list[dict[str, Any]], **top: Any) -> ProxyServer:
+        data: dict[str, Any] = {"listen": {"host": "127.0.0.1", "port": 0}, **top}
+        data["routes"] = routes
+        server = ProxyServer(parse_config(data), clock=clock)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop(drain_timeout=1)
