@@ -375,11 +375,11 @@ class _LoginHost:
         session = self.state.open_iics_session(
             username, "ids-login", lifetime=self.state.ids_session_lifetime
         )
-        assert session.expires_at is not None
+        expires_at = session.expires_at or session.created + self.state.ids_session_lifetime
         return web.json_response(
             {
                 "sessionId": session.session_id,
-                "sessionExpireTime": iso_utc(session.expires_at),
+                "sessionExpireTime": iso_utc(expires_at),
                 "id": user.user_id,
                 "name": username,
                 "currentOrgId": user.org_id,

@@ -1,0 +1,65 @@
+"""``auth-proxy demo``: the sandbox plus a proxy in front of it, and curl lines that work."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from proxy.config import parse_config
+from proxy.logs import setup_logging
+from proxy.sandbox import SandboxUrls, run_sandbox
+
+
+def demo_config(urls: SandboxUrls, port: int, tenant: str) -> dict[str, Any]:
+    """One route per auth type, all against the sandbox, all with its demo credentials."""
+    return {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "log": {"level": "info", "format": "console"},
+        "routes": [
+            {
+                "name": "iics",
+                "match": {"prefix": "/iics"},
+                "auth": {
+                    "type": "iics-password",
+                    "login_url": urls.login,
+                    "username": "demo",
+                    "password": "demo-password",
+                },
+            },
+            {
+                "name": "ivanti",
+                "match": {"prefix": "/ivanti"},
+                "auth": {"type": "ivanti-api-key", "url": urls.ivanti, "api_key": "demo-api-key"},
+            },
+        ],
+    }
+
+
+def curl_lines(port: int) -> list[str]:
+    base = f"http://127.0.0.1:{port}"
+    return [
+        f"curl -s {base}/iics/saas/api/v2/agent",
+        f"curl -s '{base}/iics/saas/public/core/v3/objects?q=type==%27DTEMPLATE%27&limit=2'",
+        f"curl -s '{base}/ivanti/api/odata/businessobject/incidents?$top=2'",
+        f"curl -s {base}/-/sessions",
+    ]
+
+
+async def run_demo(port: int, sandbox_port: int = 0) -> int:
+    from proxy.app import ProxyServer
+
+    async with run_sandbox(base_port=sandbox_port) as sandbox:
+        config = parse_config(demo_config(sandbox.urls, port, sandbox.state.ivanti_tenant))
+        setup_logging(config.log.level, config.log.format)
+        server = ProxyServer(config)
+        await server.start()
+        print(f"\nauth-proxy demo: sandbox at {sandbox.urls.login} ..., proxy at port {port}")
+        print("Try (the proxy logs in for you; no credentials needed):\n")
+        for line in curl_lines(server.port):
+            print(f"  {line}")
+        print("\nCtrl-C to stop.", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop(drain_timeout=2)
+    return 0
