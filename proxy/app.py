@@ -108,9 +108,9 @@ class ProxyServer:
                 max_line_size=MAX_LINE_SIZE,
                 access_log=None,
             )
-            runner = web.ServerRunner(server, handle_signals=False)
+            runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0)
             await runner.setup()
-            await web.SockSite(runner, sock, shutdown_timeout=0).start()
+            await web.SockSite(runner, sock).start()
             self._runners.append(runner)
             self.listeners.append(Listener(host, bound_port, route))
         log.info(

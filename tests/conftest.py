@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from helpers import Upstream
 
 from proxy.app import ProxyServer
 from proxy.clock import ManualClock
@@ -101,3 +103,16 @@ async def make_proxy(clock: ManualClock) -> AsyncIterator[ProxyFactory]:
     yield factory
     for server in servers:
         await server.stop(drain_timeout=1)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    """A bare HTTP upstream whose handler each test sets; it records what it received."""
+    up = Upstream()
+    runner = web.AppRunner(up.app(), access_log=None, auto_decompress=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    up.port = runner.addresses[0][1]
+    yield up
+    await runner.cleanup()
