@@ -15,8 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from proxy import __version__
-from proxy.config import Config, ConfigError, default_config_path, is_loopback, load_config
+from proxy.config import (
+    SESSION_TUNING_KEYS,
+    Config,
+    ConfigError,
+    default_config_path,
+    is_loopback,
+    load_config,
+)
 from proxy.logs import setup_logging
 from proxy.secrets import Secret
 
@@ -167,20 +176,22 @@ def describe_routes(config: Config) -> list[str]:
             else "?"
         )
         lines.append(f"- {route.name}: {where} -> {route.auth.type}")
-        for key, value in route.auth.model_dump().items():
-            if key == "type" or value is None:
-                continue
-            lines.append(f"    {key}: {_masked(value)}")
+        lines.extend(f"    {key}: {value}" for key, value in _fields(route.auth) if key != "type")
     return lines
 
 
+def _fields(model: BaseModel) -> list[tuple[str, str]]:
+    """Set fields for display, the vendor's own before the session tuning ones."""
+    keys = sorted(type(model).model_fields, key=lambda k: k in SESSION_TUNING_KEYS)
+    return [(k, _masked(getattr(model, k))) for k in keys if getattr(model, k) is not None]
+
+
 def _masked(value: Any) -> str:
+    """A config value for display: secrets described by their source, never their value."""
     if isinstance(value, Secret):
         return value.describe()
-    if isinstance(value, dict):
-        return (
-            "{" + ", ".join(f"{k}: {_masked(v)}" for k, v in value.items() if v is not None) + "}"
-        )
+    if isinstance(value, BaseModel):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in _fields(value)) + "}"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_masked(v) for v in value) + "]"
     return str(value)

@@ -185,6 +185,9 @@ class _SessionTuning(_Model):
         return value
 
 
+SESSION_TUNING_KEYS = frozenset(_SessionTuning.model_fields)
+
+
 class _IicsLogin(_SessionTuning):
     login_url: str | None = None
     pod: str | None = None
@@ -543,6 +546,8 @@ def _format_validation_error(exc: ValidationError) -> str:
         message = "required"
     elif kind == "extra_forbidden":
         message = "unknown key"
+    elif kind == "too_short":
+        message = "must have at least one entry"
     elif kind == "union_tag_invalid":
         message = f"unknown auth type; expected one of {', '.join(sorted(AUTH_TYPES))}"
     elif kind == "union_tag_not_found":

@@ -1,0 +1,225 @@
+"""The command line, run as a user would: a real process, real exit codes and output."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from helpers import iics_route
+
+from proxy import __version__
+from proxy.sandbox import Sandbox, expected_sha256
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"auth-proxy {__version__}"
+
+
+def test_check_prints_routes_with_secrets_masked() -> None:
+    result = run_cli("check", "-c", "config.example.yaml", env={"IICS_PASSWORD": "hunter2"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("config ok: 8 route(s)")
+    for name in ("iics-us", "iics-v3", "iics-saml", "iics-oauth", "iics-sf", "cdgc", "ivanti"):
+        assert f"- {name}:" in out
+    assert "password: {env: IICS_PASSWORD}" in out
+    assert "hunter2" not in out
+
+
+def test_check_masks_literal_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "routes": [
+                    {
+                        "name": "r",
+                        "match": {"prefix": "/r"},
+                        "auth": {"type": "ivanti-api-key", "tenant": "t", "api_key": "TOPSECRET"},
+                    }
+                ]
+            }
+        )
+    )
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0
+    assert "api_key: ****" in result.stdout
+    assert "TOPSECRET" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "routes:\n  - name: a\n    match: {prefix: /a}\n    auth: {type: iics-password, pod: dm-us, username: u}\n",
+            "routes[0].auth.password: required",
+        ),
+        ("routes: [\n", "at line"),
+        ("listen: {port: 8080}\n", "routes: required"),
+    ],
+)
+def test_bad_config_exits_2_with_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    for command in ("check", "serve"):
+        result = run_cli(command, "-c", str(config))
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    result = run_cli("check", env={"AUTH_PROXY_CONFIG": str(tmp_path / "absent.yaml")})
+    assert result.returncode == 2
+    assert "absent.yaml" in result.stderr
+
+
+def test_listening_beyond_loopback_needs_client_auth(tmp_path: Path) -> None:
+    config = tmp_path / "open.yaml"
+    route = {
+        "name": "r",
+        "match": {"prefix": "/r"},
+        "auth": {"type": "ivanti-api-key", "tenant": "t", "api_key": "k"},
+    }
+    config.write_text(yaml.safe_dump({"listen": {"host": "0.0.0.0", "port": 0}, "routes": [route]}))
+    result = run_cli("serve", "-c", str(config))
+    assert result.returncode == 2
+    assert "client_auth" in result.stderr
+
+
+# ---------------------------------------------------------------- a real serving process
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class ProxyProcess:
+    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+async def start_proxy(tmp_path: Path, config: dict[str, Any], port: int) -> ProxyProcess:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"listen": {"host": "127.0.0.1", "port": port}, **config}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "-c", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/-/healthz") as resp:
+                    if resp.status == 200:
+                        return ProxyProcess(proc, port)
+            except aiohttp.ClientConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"proxy did not start: {proc.communicate()[1]}")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def proxy_process(
+    sandbox: Sandbox, tmp_path: Path, unused_tcp_port: int
+) -> AsyncIterator[ProxyProcess]:
+    proc = await start_proxy(tmp_path, {"routes": [iics_route(sandbox)]}, unused_tcp_port)
+    yield proc
+    if proc.proc.poll() is None:
+        proc.proc.kill()
+        proc.proc.communicate()
+
+
+async def test_serve_logs_json_lines_and_exits_0_on_sigterm(
+    proxy_process: ProxyProcess, sandbox: Sandbox
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(proxy_process.url("/iics/saas/api/v2/agent")) as resp:
+            assert resp.status == 200
+    proxy_process.proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.to_thread(proxy_process.proc.communicate, timeout=20)
+    assert proxy_process.proc.returncode == 0
+    import json
+
+    events = [json.loads(line) for line in out.splitlines()]  # every stdout line is JSON
+    access = [e for e in events if e["event"] == "request"]
+    assert len(access) == 1
+    assert access[0]["route"] == "iics" and access[0]["status"] == 200
+    # Shutdown logged the session out at the vendor.
+    assert any(r.path == "/saas/api/v2/user/logout" for r in sandbox.state.requests_for("iics-pod"))
+
+
+async def test_streaming_a_large_download_and_upload_keeps_memory_flat(
+    proxy_process: ProxyProcess,
+) -> None:
+    size = 300 * 1024 * 1024
+    pid = proxy_process.proc.pid
+    async with aiohttp.ClientSession() as http:
+        async with http.get(proxy_process.url("/iics/saas/api/v2/agent")) as resp:
+            assert resp.status == 200
+        baseline = rss_kib(pid)
+        peak = baseline
+        import hashlib
+
+        digest = hashlib.sha256()
+        url = proxy_process.url(f"/iics/saas/public/core/v3/export/size-{size}/package")
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                digest.update(chunk)
+                peak = max(peak, rss_kib(pid))
+        assert digest.hexdigest() == expected_sha256(size)
+
+        block = b"\x5a" * (1 << 20)
+
+        async def upload() -> AsyncIterator[bytes]:
+            nonlocal peak
+            for _ in range(size // len(block)):
+                peak = max(peak, rss_kib(pid))
+                yield block
+
+        async with http.post(
+            proxy_process.url("/iics/saas/public/core/v3/import/package"), data=upload()
+        ) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["size"] == size
+    growth_mib = (peak - baseline) / 1024
+    assert growth_mib < 40, f"proxy RSS grew by {growth_mib:.1f} MiB while streaming 2x300 MiB"
