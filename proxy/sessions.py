@@ -109,6 +109,8 @@ class RouteSessions:
                 return lease
             self._lease = None
             log.info("session_expired", route=self.route)
+            # A token that ran out inside a still-valid session is re-minted, not re-logged.
+            return await self._shared(lease if self._can_renew(lease) else None)
         return await self._shared(None)
 
     def touch(self, lease: Lease) -> None:

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from proxy.config import Route
 from proxy.flows.base import Flow
-from proxy.flows.iics import IicsPasswordFlow
-from proxy.flows.ivanti import IvantiApiKeyFlow
+from proxy.flows.idmc import IdmcJwtFlow
+from proxy.flows.iics import (
+    IicsOAuthFlow,
+    IicsPasswordFlow,
+    IicsPasswordV3Flow,
+    IicsSalesforceFlow,
+    IicsSamlFlow,
+)
+from proxy.flows.ivanti import IvantiApiKeyFlow, IvantiSessionFlow
 
 FLOWS: dict[str, type[Flow]] = {
     flow.type_name: flow
     for flow in (
         IicsPasswordFlow,
+        IicsPasswordV3Flow,
+        IicsSamlFlow,
+        IicsOAuthFlow,
+        IicsSalesforceFlow,
+        IdmcJwtFlow,
+        IvantiSessionFlow,
         IvantiApiKeyFlow,
     )
 }

@@ -9,9 +9,17 @@ authentication the id is a JWT whose ``exp`` bounds the session.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from proxy.config import IicsPasswordAuth
+from proxy.config import (
+    IicsOAuthAuth,
+    IicsPasswordAuth,
+    IicsPasswordV3Auth,
+    IicsSalesforceAuth,
+    IicsSamlAuth,
+)
+from proxy.errors import LoginFailed
 from proxy.flows.base import (
     JSON_HEADERS,
     Flow,
@@ -26,6 +34,8 @@ from proxy.flows.base import (
     secret,
     trust_upstream,
 )
+from proxy.flows.oauth2 import client_credentials_token
+from proxy.flows.salesforce import soap_login
 
 LOGIN_HOST_PATHS = ("/ma/", "/identity-service/")
 
@@ -91,3 +101,93 @@ class IicsPasswordFlow(IicsFlow):
         password = yield from secret(self.auth.password)
         body = {"@type": "login", "username": self.auth.username, "password": password}
         return (yield from self.v2_login("login", body, "IICS v2 login"))
+
+
+class IicsPasswordV3Flow(IicsFlow):
+    """v3 login: a JSON body without ``@type``; the id and base URL sit deeper."""
+
+    type_name = "iics-password-v3"
+    auth: IicsPasswordV3Auth
+
+    def login(self) -> FlowGen:
+        what = "IICS v3 login"
+        password = yield from secret(self.auth.password)
+        response = yield from call(
+            LoginRequest(
+                "POST",
+                f"{self.login_origin}/saas/public/core/v3/login",
+                JSON_HEADERS,
+                json_body({"username": self.auth.username, "password": password}),
+            )
+        )
+        check_login(response, what)
+        data = response.json(what)
+        user = data.get("userInfo") if isinstance(data, dict) else None
+        if not isinstance(user, dict):
+            raise LoginFailed(f"{what} answer has no userInfo")
+        products = data.get("products")
+        first = products[0] if isinstance(products, list) and products else None
+        session_id = require_str(user, "sessionId", what)
+        base_api_url = require_str(first, "baseApiUrl", what)
+        return self.session_from(session_id, base_api_url, user)
+
+    def logout(self, session: Session) -> LoginRequest:
+        return LoginRequest(
+            "POST",
+            f"{self.login_origin}/saas/public/core/v3/logout",
+            {**JSON_HEADERS, "INFA-SESSION-ID": session.data["session_id"]},
+            purpose="logout",
+        )
+
+
+class IicsSamlFlow(IicsFlow):
+    """loginSaml: the assertion is single-use, so its source is read on every login."""
+
+    type_name = "iics-saml"
+    auth: IicsSamlAuth
+
+    def login(self) -> FlowGen:
+        token = yield from secret(self.auth.saml_token)
+        body = {"samlToken": token, "orgId": self.auth.org_id}
+        return (yield from self.v2_login("loginSaml", body, "IICS SAML login"))
+
+
+class IicsOAuthFlow(IicsFlow):
+    """loginOAuth: a JWT is good for one login, so every login gets a new one."""
+
+    type_name = "iics-oauth"
+    auth: IicsOAuthAuth
+
+    def login(self) -> FlowGen:
+        if self.auth.oauth_token is not None:
+            token = yield from secret(self.auth.oauth_token)
+        else:
+            assert self.auth.client_credentials is not None  # config: exactly one source
+            token = yield from client_credentials_token(self.auth.client_credentials)
+        body = {"oauthToken": token, "orgId": self.auth.org_id}
+        session = yield from self.v2_login("loginOAuth", body, "IICS OAuth login")
+        return with_secrets(session, token)
+
+
+class IicsSalesforceFlow(IicsFlow):
+    """loginSf with a Salesforce session: configured, or from a SOAP login() first."""
+
+    type_name = "iics-salesforce"
+    auth: IicsSalesforceAuth
+
+    def login(self) -> FlowGen:
+        if self.auth.salesforce is not None:
+            sf = yield from soap_login(self.auth.salesforce)
+            sf_session_id, sf_server_url = sf.session_id, sf.server_url
+        else:
+            assert self.auth.sf_session_id is not None and self.auth.sf_server_url is not None
+            sf_session_id = yield from secret(self.auth.sf_session_id)
+            sf_server_url = self.auth.sf_server_url
+        body = {"sfSessionId": sf_session_id, "sfServerUrl": sf_server_url}
+        session = yield from self.v2_login("loginSf", body, "IICS Salesforce login")
+        return with_secrets(session, sf_session_id)
+
+
+def with_secrets(session: Session, *values: str) -> Session:
+    """``session`` also masking the credentials that obtained it (logs, cookies)."""
+    return dataclasses.replace(session, secrets=(*session.secrets, *values))

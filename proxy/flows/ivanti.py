@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-from proxy.config import IvantiApiKeyAuth
-from proxy.flows.base import Flow, FlowGen, Session, secret
+from proxy.config import IvantiApiKeyAuth, IvantiSessionAuth
+from proxy.errors import LoginFailed
+from proxy.flows.base import (
+    JSON_HEADERS,
+    Flow,
+    FlowGen,
+    LoginRequest,
+    Session,
+    call,
+    check_login,
+    json_body,
+    jwt_claims,
+    jwt_exp,
+    secret,
+)
 
 
 class IvantiApiKeyFlow(Flow):
@@ -19,4 +32,53 @@ class IvantiApiKeyFlow(Flow):
             upstream=self.auth.base_url,
             sliding=False,  # keys never expire
             secrets=(key,),
+        )
+
+
+class IvantiSessionFlow(Flow):
+    """A user login; the answer is a bare JSON string: a session key, or a JWT (OIDC).
+
+    A failed login is a 400 ``ISM_4000``, which ``check_login`` makes a rejection: the
+    tenant soft-locks the account after 5 bad attempts. There is no REST logout.
+    """
+
+    type_name = "ivanti-session"
+    auth: IvantiSessionAuth
+
+    def login(self) -> FlowGen:
+        what = "Ivanti login"
+        password = yield from secret(self.auth.password)
+        body = {
+            "tenant": self.auth.tenant,
+            "username": self.auth.username,
+            "password": password,
+            "role": self.auth.role,
+        }
+        response = yield from call(
+            LoginRequest(
+                "POST",
+                f"{self.auth.base_url}/api/rest/authentication/login",
+                JSON_HEADERS,
+                json_body(body),
+            )
+        )
+        check_login(response, what)
+        value = response.json(what)
+        if not isinstance(value, str) or not value.strip():
+            raise LoginFailed(f"{what} answer is not a session key string")
+        value = value.strip()
+        # Session keys look like "<tenant>#<key>#<n>"; OIDC tenants answer a JWT instead.
+        if self.auth.tenant.lower() in value.lower() or jwt_claims(value) is None:
+            return Session(
+                headers=(("Authorization", value),),
+                upstream=self.auth.base_url,
+                user=self.auth.username,
+                secrets=(value,),
+            )
+        return Session(
+            headers=(("Authorization", f"Bearer {value}"),),
+            upstream=self.auth.base_url,
+            hard_expiry=jwt_exp(value),
+            user=self.auth.username,
+            secrets=(value,),
         )
