@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -76,7 +77,8 @@ def test_check_masks_literal_secrets(tmp_path: Path) -> None:
     ("text", "message"),
     [
         (
-            "routes:\n  - name: a\n    match: {prefix: /a}\n    auth: {type: iics-password, pod: dm-us, username: u}\n",
+            "routes:\n  - name: a\n    match: {prefix: /a}\n"
+            "    auth: {type: iics-password, pod: dm-us, username: u}\n",
             "routes[0].auth.password: required",
         ),
         ("routes: [\n", "at line"),
@@ -135,7 +137,7 @@ class ProxyProcess:
 async def start_proxy(tmp_path: Path, config: dict[str, Any], port: int) -> ProxyProcess:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"listen": {"host": "127.0.0.1", "port": port}, **config}))
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child is probed over HTTP
         [sys.executable, "-m", "proxy", "-c", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -171,14 +173,14 @@ async def proxy_process(
 async def test_serve_logs_json_lines_and_exits_0_on_sigterm(
     proxy_process: ProxyProcess, sandbox: Sandbox
 ) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(proxy_process.url("/iics/saas/api/v2/agent")) as resp:
-            assert resp.status == 200
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(proxy_process.url("/iics/saas/api/v2/agent")) as resp,
+    ):
+        assert resp.status == 200
     proxy_process.proc.send_signal(signal.SIGTERM)
     out, _ = await asyncio.to_thread(proxy_process.proc.communicate, timeout=20)
     assert proxy_process.proc.returncode == 0
-    import json
-
     events = [json.loads(line) for line in out.splitlines()]  # every stdout line is JSON
     access = [e for e in events if e["event"] == "request"]
     assert len(access) == 1
