@@ -91,7 +91,7 @@ class Runtime:
                 client=client,
                 static_headers=tuple(route.headers.items()),
                 drop_headers=_drop_set(route),
-                reauth_on=frozenset(route.auth.reauth_on),
+                reauth_on=frozenset(route.auth.reauth_on if sessions.flow.can_relogin else ()),
                 retry_body_limit=settings.retry_body_limit,
             )
             self.routes[route.name] = rt

@@ -627,3 +627,27 @@ def test_ivanti_config_refuses_reauth_on_400() -> None:
     }
     with pytest.raises(ConfigError, match="reauth_on"):
         parse_config(data)
+
+
+async def test_ivanti_api_key_is_injected_and_a_bad_key_is_not_retried(sandbox, make_proxy, http):
+    good = {
+        "type": "ivanti-api-key",
+        "url": sandbox.urls.ivanti + "/HEAT",
+        "api_key": "demo-api-key",
+    }
+    server = await make_proxy(
+        routes=[
+            route("key", good),
+            route("badkey", {**good, "api_key": "not-a-key"}),
+        ]
+    )
+    status, body, _ = await get(http, server, "/key/api/odata/businessobject/incidents?$top=1")
+    assert status == 200 and len(body["value"]) == 1
+    seen = last_call(sandbox, "ivanti")
+    assert seen.url == sandbox.urls.ivanti + "/HEAT/api/odata/businessobject/incidents?$top=1"
+    assert seen.headers["Authorization"] == "rest_api_key=demo-api-key"
+    assert sandbox.state.logins == []  # no login exists for API keys
+    calls = len(sandbox.state.requests_for("ivanti"))
+    status, body, _ = await get(http, server, "/badkey/api/odata/businessobject/incidents")
+    assert status == 401 and body["code"] == "ISM_4001"
+    assert len(sandbox.state.requests_for("ivanti")) == calls + 1  # a key is never replayed

@@ -102,6 +102,8 @@ class Flow:
     """Base class of a vendor flow; one instance per route, built from its auth config."""
 
     type_name: ClassVar[str]
+    #: False when a new login cannot cure a 401 (a static key): no re-login, no replay
+    can_relogin: ClassVar[bool] = True
 
     def __init__(self, auth: Any, allowed_hosts: tuple[str, ...] = ()) -> None:
         self.auth = auth

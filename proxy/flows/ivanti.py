@@ -23,6 +23,7 @@ class IvantiApiKeyFlow(Flow):
     """No login: the static key is sent as ``Authorization: rest_api_key=<key>``."""
 
     type_name = "ivanti-api-key"
+    can_relogin = False
     auth: IvantiApiKeyAuth
 
     def login(self) -> FlowGen:
