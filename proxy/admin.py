@@ -1,4 +1,8 @@
-"""Admin endpoints under the reserved ``/-/`` prefix (SPEC §8)."""
+"""Admin endpoints under the reserved ``/-/`` prefix (SPEC §8).
+
+``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
+show a secret. ``POST /-/reload`` changes state, so only loopback clients may call it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from proxy.errors import NoRoute
+from proxy.config import is_loopback
+from proxy.errors import BadRequest, Forbidden, NoRoute, ProxyError
+from proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from proxy.app import ProxyServer
@@ -41,7 +47,36 @@ class Admin:
             return _json({"status": "ready"})
         if path == "/-/sessions":
             return _json(self.sessions())
+        if path == "/-/metrics":
+            return web.Response(
+                body=self.server.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
+            )
+        if path == "/-/reload":
+            return await self.reload(request)
         return NoRoute(f"no admin endpoint {path}").to_response()
+
+    async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method != "POST":
+            answer = ProxyError("use POST to reload the config", code="method_not_allowed")
+            response = answer.to_response()
+            response.set_status(405)
+            response.headers["Allow"] = "POST"
+            return response
+        if not is_loopback(request.remote or ""):
+            return Forbidden("reload is only accepted from a loopback address").to_response()
+        result = await self.server.reload_from_file()
+        if not result.ok:
+            return BadRequest(f"config not reloaded: {result.error}").to_response()
+        return _json(
+            {
+                "status": "reloaded",
+                "kept": result.kept,
+                "relogin": result.relogin,
+                "added": result.added,
+                "removed": result.removed,
+                "restart_needed": result.restart_needed,
+            }
+        )
 
     def sessions(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -11,21 +11,29 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from proxy import emulation
 from proxy.admin import Admin
 from proxy.clock import Clock
-from proxy.config import Config
+from proxy.config import Config, ConfigError, is_loopback, load_config
+from proxy.emulation import emulated_kind
 from proxy.errors import Draining, NoRoute, ProxyError
 from proxy.forward import Outcome, forward
+from proxy.guard import OPEN_ADMIN_PATHS, Guard
+from proxy.httpserver import ProxyHttpServer
 from proxy.logs import REDACTOR
+from proxy.metrics import Metrics
 from proxy.outbound import Outbound
 from proxy.routing import host_without_port
 from proxy.runtime import Runtime
+from proxy.sessions import SessionStatus
 
 log = structlog.get_logger("auth_proxy")
 access_log = structlog.get_logger("auth_proxy.access")
@@ -34,6 +42,9 @@ access_log = structlog.get_logger("auth_proxy.access")
 MAX_FIELD_SIZE = 32 * 1024
 MAX_LINE_SIZE = 32 * 1024
 LOGOUT_BUDGET = 5.0
+# After the drain, requests still running are cancelled; aiohttp reads a 0 here as "wait
+# forever", so the grace they get to unwind must be a small positive number.
+STRAGGLER_GRACE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +68,36 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
+@dataclass(slots=True)
+class ReloadResult:
+    """What a reload did, for the log and ``POST /-/reload``."""
+
+    ok: bool
+    error: str | None = None
+    kept: list[str] = field(default_factory=list)  # sessions survived
+    relogin: list[str] = field(default_factory=list)  # auth changed: logged out, fresh login
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restart_needed: list[str] = field(default_factory=list)  # settings a reload cannot apply
+
+
 class ProxyServer:
-    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        config_path: Path | str | None = None,
+    ) -> None:
         self.clock = clock or Clock()
+        self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
+        self.metrics = Metrics(self._session_statuses, self.clock.now)
         self.runtime = self._build(config, None)
+        self.metrics.reloaded(True, self.clock.now())
+        self._background: set[asyncio.Task[Any]] = set()
         self.admin = Admin(self)
+        self.guard = Guard()
         self.draining = False
         self.listeners: list[Listener] = []
         self._runners: list[web.ServerRunner] = []
@@ -75,7 +110,7 @@ class ProxyServer:
         return self.runtime.config
 
     def _build(self, config: Config, previous: Runtime | None) -> Runtime:
-        return Runtime(
+        runtime = Runtime(
             config,
             self.outbound,
             clock=self.clock,
@@ -83,15 +118,23 @@ class ProxyServer:
             on_login=self._on_login,
             previous=previous,
         )
+        self.metrics.add_routes(runtime.routes)
+        return runtime
 
     def _on_login(self, route: str, result: str, seconds: float) -> None:
         """Hook for metrics; the session manager calls it after every login attempt."""
+        self.metrics.login(route, result, seconds)
+
+    def _session_statuses(self) -> Iterator[tuple[str, SessionStatus]]:
+        for name, rt in self.runtime.routes.items():
+            yield name, rt.sessions.status()
 
     # ------------------------------------------------------------------ listeners
 
     async def start(self, sockets: dict[tuple[str, int], socket.socket] | None = None) -> None:
         """Bind every listener. ``sockets`` may supply pre-bound ones (workers, tests)."""
         sockets = dict(sockets or {})
+        await self.guard.load(self.config)
         main = self.config.listen
         wanted = [(main.host, main.port, None)] + [
             (host, port, rt.name) for host, port, rt in self.runtime.listen_ports()
@@ -100,15 +143,17 @@ class ProxyServer:
         for host, port, route in wanted:
             sock = sockets.pop((host, port), None) or bind_socket(host, port, reuse_port=reuse)
             bound_port = sock.getsockname()[1]
-            handler = self._handler_for(bound_port if route is None else port)
-            server = web.Server(
+            handler = self._handler_for(bound_port if route is None else port, is_loopback(host))
+            server = ProxyHttpServer(
                 handler,
                 auto_decompress=False,  # bodies pass through exactly as sent
                 max_field_size=MAX_FIELD_SIZE,
                 max_line_size=MAX_LINE_SIZE,
                 access_log=None,
             )
-            runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0)
+            runner = web.ServerRunner(
+                server, handle_signals=False, shutdown_timeout=STRAGGLER_GRACE
+            )
             await runner.setup()
             await web.SockSite(runner, sock).start()
             self._runners.append(runner)
@@ -123,18 +168,22 @@ class ProxyServer:
     def port(self) -> int:
         return self.listeners[0].port
 
-    def _handler_for(self, port: int) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    def _handler_for(
+        self, port: int, loopback: bool
+    ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
-            return await self.handle(request, port)
+            return await self.handle(request, port, loopback)
 
         return handler
 
     # ------------------------------------------------------------------ requests
 
-    async def handle(self, request: web.BaseRequest, port: int) -> web.StreamResponse:
+    async def handle(
+        self, request: web.BaseRequest, port: int, loopback: bool = True
+    ) -> web.StreamResponse:
         started = time.perf_counter()
         path, _, query = request.raw_path.partition("?")
-        if path.startswith("/-/"):
+        if path in OPEN_ADMIN_PATHS:
             return await self.admin.handle(request, path)
         runtime = self.runtime
         outcome = Outcome()
@@ -143,15 +192,33 @@ class ProxyServer:
         request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         self._enter()
         try:
+            guard = self.guard
+            guard.check_target(request, path)
+            host = host_without_port(request.host)
+            if loopback:
+                guard.check_host(host, runtime.router)
+            guard.check_client(request)
+            if path.startswith("/-/"):
+                admin_response = await self.admin.handle(request, path)
+                status = admin_response.status
+                return admin_response
             if self.draining:
                 raise Draining("the proxy is shutting down")
-            matched = runtime.router.match(port, host_without_port(request.host), path)
+            matched = runtime.router.match(port, host, path)
             if matched is None:
                 raise NoRoute(f"no route matches {path}")
             route = matched.target
             route_name = route.name
             route_base = f"{request.scheme}://{request.host}{matched.prefix}"
-            response = await forward(request, route, matched.rest, query, route_base, outcome)
+            kind = emulated_kind(route, request.method, matched.rest)
+            response: web.StreamResponse
+            if kind is not None:
+                response = await emulation.answer(route, kind, route_base)
+                status = response.status
+                return response
+            response = await forward(
+                request, route, matched.rest, query, route_base, outcome, request_id=request_id
+            )
             status = response.status
             return response
         except ProxyError as exc:
@@ -161,9 +228,15 @@ class ProxyServer:
             if exc.code not in ("login_rejected", "login_failed", "login_backoff"):
                 # Login outcomes are logged once by the session manager.
                 log.warning("request_failed", route=route_name, code=exc.code, reason=exc.message)
-            return exc.to_response()
+            answer = exc.to_response()
+            if self.draining:
+                answer.force_close()  # no keep-alive: the client's next try must reconnect
+            return answer
         finally:
             self._leave()
+            elapsed = time.perf_counter() - started
+            if route_name is not None or not path.startswith("/-/"):  # scrapes are not traffic
+                self.metrics.request(route_name, status, elapsed, outcome.replayed)
             if runtime.config.log.access:
                 access_log.info(
                     "request",
@@ -171,7 +244,7 @@ class ProxyServer:
                     method=request.method,
                     path=path,
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                     upstream_ms=round(outcome.upstream_seconds * 1000, 2),
                     replayed=outcome.replayed,
                     request_id=request_id,
@@ -188,38 +261,115 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def reload(self, config: Config) -> None:
-        """Swap in ``config``; routes whose login settings are unchanged keep their sessions."""
+    def reload(self, config: Config) -> ReloadResult:
+        """Swap in ``config``; routes whose login settings are unchanged keep their sessions.
+
+        A route whose auth changed, or that is gone, is logged out at the vendor. Every
+        route kept is let out of a login lockout: a reload is the operator saying "try
+        again". Listeners are not rebound; a change to them is reported as needing a
+        restart.
+        """
         previous = self.runtime
         self.runtime = self._build(config, previous)
+        result = ReloadResult(ok=True, restart_needed=_restart_needed(previous.config, config))
+        for name, rt in self.runtime.routes.items():
+            old = previous.routes.get(name)
+            if old is None:
+                result.added.append(name)
+            elif old.sessions is rt.sessions:
+                result.kept.append(name)
+                rt.sessions.clear_lockout()
+            else:
+                result.relogin.append(name)
         kept = {rt.sessions for rt in self.runtime.routes.values()}
-        for rt in previous.routes.values():
+        for name, rt in previous.routes.items():
+            if name not in self.runtime.routes:
+                result.removed.append(name)
             if rt.sessions not in kept:
-                asyncio.get_running_loop().create_task(rt.sessions.logout())
+                self._spawn(rt.sessions.logout())
+        self.metrics.reloaded(True, self.clock.now())
+        log.info(
+            "config_reloaded",
+            kept=result.kept,
+            relogin=result.relogin,
+            added=result.added,
+            removed=result.removed,
+        )
+        if result.restart_needed:
+            log.warning("reload_needs_restart", settings=result.restart_needed)
+        return result
+
+    async def reload_from_file(self) -> ReloadResult:
+        """Re-read the config file (by path, so renames and symlink swaps are seen)."""
+        from proxy.cli import check_startup  # the same start-up policy, without a cycle
+
+        try:
+            if self.config_path is None:
+                raise ConfigError("the proxy was not started from a config file")
+            config = await asyncio.to_thread(load_config, self.config_path)
+            check_startup(config)
+        except ConfigError as exc:
+            self.metrics.reloaded(False, self.clock.now())
+            log.error("reload_failed", path=str(self.config_path), error=str(exc))
+            return ReloadResult(ok=False, error=str(exc))
+        return self.reload(config)
+
+    def schedule_reload(self) -> None:
+        """Reload from a signal handler (SIGHUP)."""
+        self._spawn(self.reload_from_file())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._background.discard)
 
     async def stop(self, *, drain_timeout: float | None = None) -> None:
-        """Stop accepting, drain in-flight requests, log sessions out, close."""
+        """Answer new requests 503, drain in-flight ones, close, log sessions out.
+
+        The listeners stay open while draining so that clients (and ``/-/readyz``) get
+        a clear 503 rather than a refused connection; nothing is forwarded any more.
+        """
         self.draining = True
         timeout = self.config.shutdown_timeout if drain_timeout is None else drain_timeout
-        for runner in self._runners:
-            for site in list(runner.sites):
-                await site.stop()
+        log.info("draining", inflight=self._inflight, timeout=timeout)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             log.warning("drain_timeout", inflight=self._inflight)
-        await self.logout_all()
         for runner in self._runners:
-            await runner.cleanup()
+            await runner.cleanup()  # closes listeners and connections, cancels stragglers
         self._runners.clear()
+        await self.logout_all()
         await self.outbound.close()
+        log.info("stopped")
 
     async def logout_all(self) -> None:
         """Log every session out, bounded to LOGOUT_BUDGET seconds in all."""
-        tasks = [rt.sessions.logout() for rt in self.runtime.routes.values()]
+        tasks: list[Awaitable[Any]] = [rt.sessions.logout() for rt in self.runtime.routes.values()]
+        tasks.extend(self._background)  # logouts of routes a reload removed or changed
         if not tasks:
             return
         try:
             await asyncio.wait_for(asyncio.gather(*tasks), LOGOUT_BUDGET)
         except TimeoutError:
             log.warning("logout_timeout", seconds=LOGOUT_BUDGET)
+
+
+def _listeners(config: Config) -> set[tuple[str, int]]:
+    out = {(config.listen.host, config.listen.port)}
+    for route in config.routes:
+        if route.match.listen is not None:
+            out.add((route.match.listen.host or config.listen.host, route.match.listen.port))
+    return out
+
+
+def _restart_needed(old: Config, new: Config) -> list[str]:
+    """Settings that only take effect at start-up and that ``new`` changes."""
+    changed = []
+    if _listeners(old) != _listeners(new):
+        changed.append("listeners")
+    if old.workers != new.workers:
+        changed.append("workers")
+    if (old.log.level, old.log.format) != (new.log.level, new.log.format):
+        changed.append("log")
+    return changed

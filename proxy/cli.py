@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import BaseModel
 
 from proxy import __version__
@@ -77,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     try:
         if command == "serve":
-            return _serve(_load(args.config))
+            path = default_config_path(args.config)
+            return _serve(load_config(path), path)
         if command == "check":
             return _check(_load(args.config), args.login)
         if command == "demo":
@@ -142,12 +144,18 @@ def _serve(config: Config, config_path: Path | None = None) -> int:
 async def serve(config: Config, config_path: Path | None = None) -> int:
     from proxy.app import ProxyServer
 
-    server = ProxyServer(config)
+    server = ProxyServer(config, config_path=config_path)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        structlog.get_logger("auth_proxy").info("shutting_down", signal=sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, server.schedule_reload)
     try:
         await stop.wait()
     finally:
@@ -158,7 +166,27 @@ async def serve(config: Config, config_path: Path | None = None) -> int:
 def _check(config: Config, login: list[str] | None) -> int:
     for line in describe_routes(config):
         print(line)
-    return EXIT_OK
+    if login is None:
+        return EXIT_OK
+    from proxy.login_check import check_logins, failure_lines, report_table
+
+    names = list(dict.fromkeys(login)) or [route.name for route in config.routes]
+    unknown = [n for n in names if n not in {route.name for route in config.routes}]
+    if unknown:
+        known = ", ".join(route.name for route in config.routes)
+        print(f"auth-proxy: unknown route {', '.join(unknown)} (routes: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    # Log lines would break the table: only errors, and to stderr.
+    setup_logging("error", "console", stream=sys.stderr)
+    _install_uvloop()
+    reports = asyncio.run(check_logins(config, names))
+    print()
+    for line in report_table(reports):
+        print(line)
+    failures = failure_lines(reports)
+    for line in failures:
+        print(f"auth-proxy: {line}", file=sys.stderr)
+    return EXIT_RUNTIME if failures else EXIT_OK
 
 
 def describe_routes(config: Config) -> list[str]:

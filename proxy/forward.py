@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from proxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
+from proxy.logs import VERBOSITY
 from proxy.outbound import _reason
 
 if TYPE_CHECKING:
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("auth_proxy.forward")
 
 # RFC 9110 §7.6.1, plus the non-standard names clients still send.
+# Lowercase: header names are compared case-insensitively, as ``name.lower()``.
 HOP_BY_HOP = frozenset(
-    istr(h)
+    h.lower()
     for h in (
         "Connection",
         "Keep-Alive",
@@ -43,8 +45,9 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
-_NOT_FORWARDED = HOP_BY_HOP | {istr("Host")}
-_LOCATION_HEADERS = (istr("Location"), istr("Content-Location"))
+_NOT_FORWARDED = HOP_BY_HOP | {"host"}
+_LOCATION_HEADERS = ("location", "content-location")
+_REQUEST_ID = istr("X-Request-ID")
 CHUNK = 256 * 1024
 
 
@@ -61,15 +64,23 @@ def request_headers(
     route: RouteRuntime,
     injected: tuple[tuple[str, str], ...],
     defaults: tuple[tuple[str, str], ...],
+    request_id: str | None = None,
 ) -> CIMultiDict[str]:
-    """The headers sent upstream: the client's, minus hop-by-hop and the ones we set."""
+    """The headers sent upstream: the client's, minus hop-by-hop and the ones we set.
+
+    ``request_id`` is sent as ``X-Request-ID`` when the client sent none, so the proxy's
+    access line and the vendor's logs can be matched.
+    """
     drop = route.drop_headers
     conn = _connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        if name in _NOT_FORWARDED or name in drop or (conn and name.lower() in conn):
+        lower = name.lower()
+        if lower in _NOT_FORWARDED or lower in drop or lower in conn:
             continue
         out.add(name, value)
+    if request_id and _REQUEST_ID not in out:
+        out[_REQUEST_ID] = request_id
     for name, value in defaults:
         if name not in out:
             out[name] = value
@@ -94,9 +105,10 @@ def response_headers(
     conn = _connection_tokens(upstream.headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.headers.items():
-        if name in HOP_BY_HOP or (conn and name.lower() in conn):
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in conn:
             continue
-        if name in _LOCATION_HEADERS:
+        if lower in _LOCATION_HEADERS:
             value = rewrite_location(value, base, route_base)
         out.add(name, value)
     return out
@@ -167,6 +179,8 @@ async def forward(
     query: str,
     route_base: str,
     outcome: Outcome,
+    *,
+    request_id: str | None = None,
 ) -> web.StreamResponse:
     sessions = route.sessions
     body = Body(request, route.retry_body_limit)
@@ -175,14 +189,14 @@ async def forward(
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("the request body is too large", route=route.name) from None
     lease = await sessions.acquire()
-    upstream = await _send(request, route, lease, rest, query, body, outcome)
+    upstream = await _send(request, route, lease, rest, query, body, outcome, request_id)
     if upstream.status in route.reauth_on:
         if body.replayable:
             upstream.release()
             lease = await sessions.reauth(lease)
             outcome.replayed = True
             log.info("replaying_after_reauth", route=route.name, status=upstream.status)
-            upstream = await _send(request, route, lease, rest, query, body, outcome)
+            upstream = await _send(request, route, lease, rest, query, body, outcome, request_id)
             if upstream.status in route.reauth_on:
                 sessions.invalidate(lease)
             else:
@@ -202,12 +216,23 @@ async def _send(
     query: str,
     body: Body,
     outcome: Outcome,
+    request_id: str | None = None,
 ) -> aiohttp.ClientResponse:
     session = lease.session
     base = session.base_for(rest)
     url = URL(base + rest + ("?" + query if query else ""), encoded=True)
-    headers = request_headers(request.headers, route, session.headers, session.default_headers)
+    headers = request_headers(
+        request.headers, route, session.headers, session.default_headers, request_id
+    )
     client = route.client
+    if VERBOSITY.debug:  # header values are masked by the log redactor
+        log.debug(
+            "upstream_request",
+            route=route.name,
+            method=request.method,
+            url=str(url),
+            headers=dict(headers),
+        )
     started = time.perf_counter()
     try:
         response = await client.session.request(

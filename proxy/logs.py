@@ -102,7 +102,17 @@ _LEVELS = {
 }
 
 
+class _Verbosity:
+    """Whether debug events are wanted; hot paths check it before building them."""
+
+    debug = False
+
+
+VERBOSITY = _Verbosity()
+
+
 def setup_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    VERBOSITY.debug = level == "debug"
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty())

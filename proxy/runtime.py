@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from multidict import CIMultiDict, istr
+from multidict import CIMultiDict
 
 from proxy.clock import Clock
 from proxy.config import Config, Route, UpstreamSettings
@@ -26,7 +26,7 @@ class RouteRuntime:
     sessions: RouteSessions
     client: RouteClient
     static_headers: tuple[tuple[str, str], ...]
-    drop_headers: frozenset[istr]
+    drop_headers: frozenset[str]  # lowercase names
     reauth_on: frozenset[int]
     retry_body_limit: int
 
@@ -50,10 +50,8 @@ class RouteRuntime:
 _ALWAYS_DROPPED = ("icSessionId", "INFA-SESSION-ID", "IDS-SESSION-ID", "Authorization")
 
 
-def _drop_set(route: Route) -> frozenset[istr]:
-    names = {istr(n) for n in _ALWAYS_DROPPED}
-    names.update(istr(n) for n in route.headers)
-    return frozenset(names)
+def _drop_set(route: Route) -> frozenset[str]:
+    return frozenset(n.lower() for n in (*_ALWAYS_DROPPED, *route.headers))
 
 
 class Runtime:

@@ -245,6 +245,14 @@ class RouteSessions:
                     self._on_secret(value)
                     reply = value
                 else:
+                    log.debug(
+                        "login_call",
+                        route=self.route,
+                        purpose=step.purpose,
+                        method=step.method,
+                        url=step.url,
+                        headers=dict(step.headers),
+                    )
                     reply = await self._execute(step)
         except StopIteration as stop:
             session: Session = stop.value
@@ -275,6 +283,13 @@ class RouteSessions:
             st.org = lease.session.org
             st.upstream = lease.session.upstream
         return st
+
+    def clear_lockout(self) -> None:
+        """Allow the next request to log in again after a rejection (config reloaded)."""
+        if self._rejected is not None:
+            log.info("login_lockout_cleared", route=self.route, reason="config reloaded")
+        self._rejected = None
+        self._rejected_until = 0.0
 
     async def logout(self) -> None:
         """End the vendor session (shutdown, removed route). Errors are logged, not raised."""

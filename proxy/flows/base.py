@@ -98,6 +98,17 @@ class Session:
         return self.upstream
 
 
+@dataclass(frozen=True, slots=True)
+class Emulated:
+    """The proxy's own answer to a client's login/logout call (SPEC §6)."""
+
+    status: int
+    body: Any  # JSON-serialisable; None for an empty body
+
+
+PLACEHOLDER_SESSION = "auth-proxy-placeholder"  # 22 characters, like an IICS session id
+
+
 class Flow:
     """Base class of a vendor flow; one instance per route, built from its auth config."""
 
@@ -124,6 +135,17 @@ class Flow:
     def login_origin(self) -> str | None:
         """The configured login host, if the flow has one (for login emulation/admin)."""
         return None
+
+    #: client paths (after the route prefix) answered by the proxy, POST only: path → kind
+    emulated_paths: ClassVar[dict[str, str]] = {}
+
+    def emulate(self, kind: str, session: Session | None, public_base: str | None) -> Emulated:
+        """The answer to an emulated call of ``kind``, built from the real ``session``.
+
+        ``public_base`` is the route base as the client sees it; URLs in the answer point
+        there (None keeps the vendor's own, in forward-proxy mode). Never carries a secret.
+        """
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- helpers

@@ -10,7 +10,8 @@ authentication the id is a JWT whose ``exp`` bounds the session.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from proxy.config import (
     IicsOAuthAuth,
@@ -19,9 +20,11 @@ from proxy.config import (
     IicsSalesforceAuth,
     IicsSamlAuth,
 )
-from proxy.errors import LoginFailed
+from proxy.errors import Forbidden, LoginFailed
 from proxy.flows.base import (
     JSON_HEADERS,
+    PLACEHOLDER_SESSION,
+    Emulated,
     Flow,
     FlowGen,
     LoginRequest,
@@ -39,11 +42,38 @@ from proxy.flows.salesforce import soap_login
 
 LOGIN_HOST_PATHS = ("/ma/", "/identity-service/")
 
+# Fields of a login answer that describe the user and org; no credentials among them.
+PROFILE_FIELDS = (
+    "id",
+    "orgId",
+    "orgUuid",
+    "orgName",
+    "parentOrgId",
+    "name",
+    "firstName",
+    "lastName",
+    "emails",
+    "timezone",
+    "uuid",
+    "status",
+)
+V2_LOGINS = ("login", "loginSaml", "loginOAuth", "loginSf")
+
 
 class IicsFlow(Flow):
     """What all IICS flows share: building the session from a v2/v3 login answer."""
 
     auth: Any  # one of the IICS auth configs; each has login_origin
+
+    emulated_paths: ClassVar[dict[str, str]] = {
+        **{f"/ma/api/v2/user/{name}": "v2-login" for name in V2_LOGINS},
+        "/saas/public/core/v3/login": "v3-login",
+        "/ma/api/v2/user/logout": "logout",
+        "/saas/api/v2/user/logout": "logout",
+        "/saas/public/core/v3/logout": "logout",
+        "/ma/api/v2/user/logoutall": "logoutall",
+        "/saas/api/v2/user/logoutall": "logoutall",
+    }
 
     @property
     def login_origin(self) -> str:
@@ -65,7 +95,50 @@ class IicsFlow(Flow):
             org=org if isinstance(org, str) else None,
             user=user.get("name") if isinstance(user.get("name"), str) else None,
             secrets=(session_id,),
-            data={"session_id": session_id, "server_url": server_url},
+            data={
+                "session_id": session_id,
+                "server_url": server_url,
+                "profile": {k: user[k] for k in PROFILE_FIELDS if k in user},
+            },
+        )
+
+    def emulate(self, kind: str, session: Session | None, public_base: str | None) -> Emulated:
+        if kind == "logoutall":
+            # It would end every session of the org, other integrations' included.
+            raise Forbidden("logoutall is refused: it would log out the whole organization")
+        if kind == "logout":
+            return Emulated(200, {})
+        assert session is not None
+        server_url = session.data["server_url"]
+        if public_base is not None:
+            server_url = public_base + (urlsplit(server_url).path.rstrip("/") or "")
+        profile: dict[str, Any] = dict(session.data.get("profile", {}))
+        if kind == "v3-login":
+            user_info: dict[str, Any] = {
+                k: profile[k]
+                for k in ("id", "name", "orgId", "orgName", "parentOrgId")
+                if k in profile
+            }
+            if "orgUuid" in profile:
+                user_info["orgId"] = profile["orgUuid"]
+            user_info["sessionId"] = PLACEHOLDER_SESSION
+            user_info["status"] = "Active"
+            return Emulated(
+                200,
+                {
+                    "products": [{"name": "Integration Cloud", "baseApiUrl": server_url}],
+                    "userInfo": user_info,
+                },
+            )
+        return Emulated(
+            200,
+            {
+                "@type": "user",
+                **profile,
+                "serverUrl": server_url,
+                "icSessionId": PLACEHOLDER_SESSION,
+                "forceChangePassword": False,
+            },
         )
 
     def v2_login(self, endpoint: str, body: dict[str, Any], what: str) -> FlowGen:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from proxy.config import IvantiApiKeyAuth, IvantiSessionAuth
 from proxy.errors import LoginFailed
 from proxy.flows.base import (
     JSON_HEADERS,
+    PLACEHOLDER_SESSION,
+    Emulated,
     Flow,
     FlowGen,
     LoginRequest,
@@ -19,7 +23,18 @@ from proxy.flows.base import (
 )
 
 
-class IvantiApiKeyFlow(Flow):
+class IvantiFlow(Flow):
+    """What both Ivanti flows share: a legacy client's login is answered by the proxy."""
+
+    emulated_paths: ClassVar[dict[str, str]] = {"/api/rest/authentication/login": "login"}
+
+    def emulate(self, kind: str, session: Session | None, public_base: str | None) -> Emulated:
+        # Shaped like a session key, so clients that check for "#" accept it.
+        tenant = getattr(self.auth, "tenant", None) or "tenant"
+        return Emulated(200, f"{tenant}#{PLACEHOLDER_SESSION.upper()}#2")
+
+
+class IvantiApiKeyFlow(IvantiFlow):
     """No login: the static key is sent as ``Authorization: rest_api_key=<key>``."""
 
     type_name = "ivanti-api-key"
@@ -36,7 +51,7 @@ class IvantiApiKeyFlow(Flow):
         )
 
 
-class IvantiSessionFlow(Flow):
+class IvantiSessionFlow(IvantiFlow):
     """A user login; the answer is a bare JSON string: a session key, or a JWT (OIDC).
 
     A failed login is a 400 ``ISM_4000``, which ``check_login`` makes a rejection: the

@@ -1,0 +1,158 @@
+"""Prometheus metrics, one registry per ``ProxyServer`` (SPEC §8).
+
+The request path makes one call per request (``Metrics.request``): the labelled children
+for a route are created once, when a config is built, so a request costs a dictionary
+lookup and a few increments. Session state is not tracked as it changes: a collector
+reads ``RouteSessions.status()`` at scrape time, so what ``/-/metrics`` shows is what
+``/-/sessions`` would show at the same moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from proxy.sessions import SessionStatus
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+UNROUTED = ""  # the route label of requests that matched no route
+
+# Proxied calls include slow exports and long polls; logins are seconds at most.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LOGIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+
+SessionSource = Callable[[], Iterable[tuple[str, SessionStatus]]]
+
+
+class _RouteChildren:
+    """The pre-made labelled series one route's requests update."""
+
+    __slots__ = ("by_class", "latency", "replays")
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self.by_class = {int(cls[0]): metrics.requests.labels(route, cls) for cls in STATUS_CLASSES}
+        self.latency = metrics.request_seconds.labels(route)
+        self.replays = metrics.replays.labels(route)
+
+
+class SessionCollector:
+    """Per-route session gauges, computed from the session manager at scrape time."""
+
+    def __init__(self, sessions: SessionSource, now: Callable[[], float]) -> None:
+        self._sessions = sessions
+        self._now = now
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        active, expiry = self._families()
+        now = self._now()
+        for route, status in self._sessions():
+            live = status.state == "active"
+            active.add_metric([route], 1.0 if live else 0.0)
+            if live and status.expires_at is not None:
+                expiry.add_metric([route], max(0.0, status.expires_at - now))
+        yield active
+        yield expiry
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "auth_proxy_sessions_active",
+                "1 when the route holds a valid vendor session, else 0.",
+                labels=["route"],
+            ),
+            GaugeMetricFamily(
+                "auth_proxy_session_expiry_seconds",
+                "Seconds until the route's session expires (idle timeout or token exp); "
+                "absent when the route has no session or it never expires.",
+                labels=["route"],
+            ),
+        )
+
+
+class Metrics:
+    def __init__(self, sessions: SessionSource, now: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "auth_proxy_requests",
+            "Requests answered, by route and status class.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "auth_proxy_request_duration_seconds",
+            "Time from receiving a request to the end of its response, by route.",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.replays = Counter(
+            "auth_proxy_reauth_replays",
+            "Requests replayed after the upstream refused the session and a re-login.",
+            ["route"],
+            registry=r,
+        )
+        self.logins = Counter(
+            "auth_proxy_logins",
+            "Login and renewal attempts, by route and result "
+            "(ok, rejected, login_failed, untrusted_upstream, ...).",
+            ["route", "result"],
+            registry=r,
+        )
+        self.login_seconds = Histogram(
+            "auth_proxy_login_duration_seconds",
+            "Time a login or renewal took, by route.",
+            ["route"],
+            buckets=LOGIN_BUCKETS,
+            registry=r,
+        )
+        self.reload_timestamp = Gauge(
+            "auth_proxy_config_last_reload_timestamp_seconds",
+            "When the config was last loaded or a reload was attempted (Unix time).",
+            registry=r,
+        )
+        self.reload_success = Gauge(
+            "auth_proxy_config_last_reload_success",
+            "1 if the last config load or reload succeeded, 0 if it failed.",
+            registry=r,
+        )
+        r.register(SessionCollector(sessions, now))
+        self._routes: dict[str, _RouteChildren] = {}
+        self._unrouted = _RouteChildren(self, UNROUTED)
+
+    def add_routes(self, names: Iterable[str]) -> None:
+        """Create the series of ``names`` up front (at config build, not per request)."""
+        for name in names:
+            if name not in self._routes:
+                self._routes[name] = _RouteChildren(self, name)
+                self.logins.labels(name, "ok")
+                self.login_seconds.labels(name)
+
+    def request(self, route: str | None, status: int, seconds: float, replayed: bool) -> None:
+        children = self._routes.get(route or UNROUTED, self._unrouted)
+        counter = children.by_class.get(status // 100)
+        if counter is None:  # 1xx: rare enough to make its series on first use
+            counter = self.requests.labels(route or UNROUTED, f"{status // 100}xx")
+        counter.inc()
+        children.latency.observe(seconds)
+        if replayed:
+            children.replays.inc()
+
+    def login(self, route: str, result: str, seconds: float) -> None:
+        self.logins.labels(route, result).inc()
+        self.login_seconds.labels(route).observe(seconds)
+
+    def reloaded(self, ok: bool, when: float) -> None:
+        self.reload_timestamp.set(when)
+        self.reload_success.set(1 if ok else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
