@@ -233,6 +233,7 @@ async def _send(
             url=str(url),
             headers=dict(headers),
         )
+    proxy, proxy_auth = client.proxy_for(url)
     started = time.perf_counter()
     try:
         response = await client.session.request(
@@ -243,6 +244,8 @@ async def _send(
             ssl=client.ssl,
             timeout=client.timeout,
             allow_redirects=False,
+            proxy=proxy,
+            proxy_auth=proxy_auth,
         )
     except TimeoutError:
         raise UpstreamTimeout(

@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.helpers import get_env_proxy_for_url
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from proxy.config import UpstreamSettings
 from proxy.errors import LoginFailed
@@ -67,20 +69,40 @@ class MappedResolver(AbstractResolver):
         await self._fallback.close()
 
 
-_warned_insecure: set[str] = set()
-
-
-def ssl_context_for(settings: UpstreamSettings, route: str) -> ssl.SSLContext | bool:
+def ssl_context_for(settings: UpstreamSettings) -> ssl.SSLContext | bool:
     """System trust plus ``ca_bundle`` (added, not substituted); False when disabled."""
     if not settings.verify_tls:
-        if route not in _warned_insecure:
-            _warned_insecure.add(route)
-            log.warning("tls_verification_disabled", route=route)
         return False
     ctx = ssl.create_default_context()
     if settings.ca_bundle:
         ctx.load_verify_locations(cafile=settings.ca_bundle)
     return ctx
+
+
+EnvProxy = tuple[URL | None, aiohttp.BasicAuth | None]
+NO_PROXY: EnvProxy = (None, None)
+
+
+class EnvProxies:
+    """``HTTPS_PROXY``/``NO_PROXY`` decisions, per scheme and host, read once per process.
+
+    aiohttp's own ``trust_env`` would also send ``~/.netrc`` credentials to the vendor,
+    so sessions never use it; routes with ``trust_env`` ask here instead.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], EnvProxy] = {}
+
+    def for_url(self, url: URL) -> EnvProxy:
+        key = (url.scheme, url.host or "")
+        found = self._cache.get(key)
+        if found is None:
+            try:
+                found = get_env_proxy_for_url(url)
+            except LookupError:
+                found = NO_PROXY
+            self._cache[key] = found
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,20 +113,28 @@ class RouteClient:
     ssl: ssl.SSLContext | bool
     timeout: aiohttp.ClientTimeout
     settings: UpstreamSettings
+    env_proxies: EnvProxies | None  # None: trust_env is off for this route
+
+    def proxy_for(self, url: URL) -> EnvProxy:
+        return NO_PROXY if self.env_proxies is None else self.env_proxies.for_url(url)
 
     async def execute(self, request: LoginRequest) -> LoginResponse:
         """Perform a flow's login-side call; any failure becomes ``LoginFailed``."""
         host = urlsplit(request.url).hostname or "?"
+        url = URL(request.url, encoded=True)
+        proxy, proxy_auth = self.proxy_for(url)
         try:
             async with self.session.request(
                 request.method,
-                request.url,
+                url,
                 headers=dict(request.headers),
                 data=request.body,
                 ssl=self.ssl,
                 timeout=self.timeout,
                 allow_redirects=False,
                 auto_decompress=True,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             ) as resp:
                 body = await resp.content.read(MAX_LOGIN_BODY + 1)
                 if len(body) > MAX_LOGIN_BODY:
@@ -134,22 +164,28 @@ class Outbound:
     """Owns the pooled client sessions; ``client_for`` hands each route its ``RouteClient``."""
 
     def __init__(self) -> None:
-        self._sessions: dict[tuple[bool, tuple[tuple[str, str], ...]], aiohttp.ClientSession] = {}
+        self._sessions: dict[tuple[tuple[str, str], ...], aiohttp.ClientSession] = {}
+        self._env_proxies = EnvProxies()
+        self._warned_insecure: set[str] = set()
 
     def client_for(self, route: str, settings: UpstreamSettings) -> RouteClient:
-        key = (settings.trust_env, tuple(sorted(settings.resolve.items())))
+        key = tuple(sorted(settings.resolve.items()))
         session = self._sessions.get(key)
         if session is None:
             session = self._sessions[key] = self._new_session(settings)
+        if not settings.verify_tls and route not in self._warned_insecure:
+            self._warned_insecure.add(route)
+            log.warning("tls_verification_disabled", route=route)
         return RouteClient(
             session=session,
-            ssl=ssl_context_for(settings, route),
+            ssl=ssl_context_for(settings),
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=settings.connect_timeout,
                 sock_read=settings.read_timeout,
             ),
             settings=settings,
+            env_proxies=self._env_proxies if settings.trust_env else None,
         )
 
     @staticmethod
@@ -160,7 +196,7 @@ class Outbound:
         connector = aiohttp.TCPConnector(limit=POOL_LIMIT, ttl_dns_cache=60, **kwargs)
         return aiohttp.ClientSession(
             connector=connector,
-            trust_env=settings.trust_env,
+            trust_env=False,  # see EnvProxies
             # A transparent proxy: bytes pass as they are, no cookies are kept between
             # clients, and nothing the client did not send is added.
             auto_decompress=False,

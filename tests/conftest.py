@@ -36,6 +36,7 @@ PROXY_ENV = (
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
     "AUTH_PROXY_CONFIG",
+    "NETRC",
 )
 
 

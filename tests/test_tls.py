@@ -343,11 +343,6 @@ async def test_trust_env_false_ignores_the_environment_proxy(
     assert len(sb.state.requests_for("iics-pod")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trust_env=True also makes aiohttp add ~/.netrc (or $NETRC) credentials as "
-    "Authorization: Basic (proxy/outbound.py Outbound._new_session); see the TLS report",
-)
 async def test_netrc_credentials_never_reach_the_vendor(
     sandbox: Sandbox,
     make_proxy,
@@ -365,4 +360,4 @@ async def test_netrc_credentials_never_reach_the_vendor(
     seen = [*sandbox.state.logins, *sandbox.state.requests_for("iics-pod")]
     assert [r.headers.get("Authorization") for r in seen] == [None, None]
     async with http.get(base(server, "/ivanti/api/odata/businessobject/incidents")) as resp:
-        assert resp.status == 200  # today: 500, aiohttp refuses Authorization plus netrc auth
+        assert resp.status == 200
