@@ -308,10 +308,12 @@ class ProxyServer:
                 raise ConfigError("the proxy was not started from a config file")
             config = await asyncio.to_thread(load_config, self.config_path)
             check_startup(config)
-        except ConfigError as exc:
+            await self.guard.load(config)  # client tokens may have changed too
+        except (ConfigError, ProxyError) as exc:
+            error = exc.message if isinstance(exc, ProxyError) else str(exc)
             self.metrics.reloaded(False, self.clock.now())
-            log.error("reload_failed", path=str(self.config_path), error=str(exc))
-            return ReloadResult(ok=False, error=str(exc))
+            log.error("reload_failed", path=str(self.config_path), error=error)
+            return ReloadResult(ok=False, error=error)
         return self.reload(config)
 
     def schedule_reload(self) -> None:

@@ -91,7 +91,7 @@ def _parse_secret(value: Any, info: ValidationInfo) -> Secret:
         if not isinstance(ref, str) or not ref:
             raise ValueError(f"{kind}: must be a non-empty string")
         if kind == "file":
-            ref = str((_base_dir(info) / ref).resolve())
+            ref = os.path.abspath(_base_dir(info) / ref)  # keep symlinks: rotated mounts
         return Secret(kind, ref)
     raise ValueError("must be a string or a secret source ({env:}, {file:}, {command:})")
 
@@ -102,7 +102,7 @@ SecretField = Annotated[Secret, PlainValidator(_parse_secret)]
 def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     if value is None:
         return None
-    return str((_base_dir(info) / value).resolve())
+    return os.path.abspath(_base_dir(info) / value)
 
 
 def _http_url(value: str, what: str = "URL") -> str:
@@ -591,4 +591,6 @@ def load_config(path: Path | str) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: {problem}{where}") from None
-    return parse_config(data, base_dir=path.resolve().parent)
+    # absolute(), not resolve(): a Kubernetes mount is a symlink into a directory that the
+    # next update deletes, so relative secret paths must hang off the link itself.
+    return parse_config(data, base_dir=path.absolute().parent)

@@ -27,7 +27,7 @@ async def test_every_printed_curl_line_works(
             url = shlex.split(line)[-1]
             async with http.get(URL(url, encoded=True)) as resp:
                 assert resp.status == 200, (line, await resp.text())
-                assert (await resp.json()), line
+                assert await resp.json(), line
         async with http.get(f"http://127.0.0.1:{server.port}/-/sessions") as resp:
             states = {name: s["state"] for name, s in (await resp.json()).items()}
         assert set(states.values()) == {"active"}, states
