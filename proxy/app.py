@@ -8,6 +8,7 @@ place, and every request ends in exactly one access-log line.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 import uuid
@@ -34,6 +35,7 @@ from proxy.outbound import Outbound
 from proxy.routing import host_without_port
 from proxy.runtime import Runtime
 from proxy.sessions import SessionStatus
+from proxy.workers import LockoutBoard
 
 log = structlog.get_logger("auth_proxy")
 access_log = structlog.get_logger("auth_proxy.access")
@@ -88,8 +90,10 @@ class ProxyServer:
         *,
         clock: Clock | None = None,
         config_path: Path | str | None = None,
+        lockouts: LockoutBoard | None = None,
     ) -> None:
         self.clock = clock or Clock()
+        self.lockouts = lockouts  # shared with sibling workers, when there are any
         self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
         self.metrics = Metrics(self._session_statuses, self.clock.now)
@@ -117,6 +121,7 @@ class ProxyServer:
             on_secret=REDACTOR.add,
             on_login=self._on_login,
             previous=previous,
+            lockouts=self.lockouts,
         )
         self.metrics.add_routes(runtime.routes)
         return runtime
@@ -160,6 +165,7 @@ class ProxyServer:
             self.listeners.append(Listener(host, bound_port, route))
         log.info(
             "listening",
+            pid=os.getpid(),
             listeners=[f"{lst.host}:{lst.port}" for lst in self.listeners],
             routes=list(self.runtime.routes),
         )

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from proxy.config import (
 )
 from proxy.logs import setup_logging
 from proxy.secrets import Secret
+from proxy.workers import LockoutBoard
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 COMMANDS = ("serve", "check", "demo", "sandbox", "ca")
@@ -138,14 +140,24 @@ def check_startup(config: Config) -> None:
 def _serve(config: Config, config_path: Path | None = None) -> int:
     check_startup(config)
     setup_logging(config.log.level, config.log.format)
+    if config.workers > 1:
+        from proxy.workers import run_workers
+
+        return run_workers(config, config_path)
     return _run(serve(config, config_path))
 
 
-async def serve(config: Config, config_path: Path | None = None) -> int:
+async def serve(
+    config: Config,
+    config_path: Path | None = None,
+    *,
+    sockets: dict[tuple[str, int], socket.socket] | None = None,
+    lockouts: LockoutBoard | None = None,
+) -> int:
     from proxy.app import ProxyServer
 
-    server = ProxyServer(config, config_path=config_path)
-    await server.start()
+    server = ProxyServer(config, config_path=config_path, lockouts=lockouts)
+    await server.start(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

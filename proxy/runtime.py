@@ -18,6 +18,7 @@ from proxy.flows.base import Session
 from proxy.outbound import Outbound, RouteClient
 from proxy.routing import Router
 from proxy.sessions import LoginObserver, RouteSessions
+from proxy.workers import LockoutBoard
 
 
 @dataclass(eq=False)
@@ -64,6 +65,7 @@ class Runtime:
         on_secret: Callable[[str], None],
         on_login: LoginObserver,
         previous: Runtime | None = None,
+        lockouts: LockoutBoard | None = None,
     ) -> None:
         self.config = config
         self.routes: dict[str, RouteRuntime] = {}
@@ -82,6 +84,7 @@ class Runtime:
                 login_retry_after=route.auth.login_retry_after,
                 on_secret=on_secret,
                 on_login=on_login,
+                lockouts=lockouts,
             )
             rt = RouteRuntime(
                 config=route,

@@ -21,6 +21,7 @@ from proxy.clock import Clock
 from proxy.errors import LoginBackoff, LoginFailed, LoginRejected, ProxyError
 from proxy.flows.base import Flow, FlowGen, LoginRequest, LoginResponse, Session
 from proxy.secrets import Secret
+from proxy.workers import Lockout, LockoutBoard
 
 log = structlog.get_logger("auth_proxy.sessions")
 
@@ -73,8 +74,10 @@ class RouteSessions:
         login_retry_after: float,
         on_secret: Callable[[str], None] = lambda _value: None,
         on_login: LoginObserver = lambda _route, _result, _seconds: None,
+        lockouts: LockoutBoard | None = None,
     ) -> None:
         self.route = route
+        self._lockouts = lockouts
         self.flow = flow
         self._execute = execute
         self._clock = clock
@@ -149,6 +152,10 @@ class RouteSessions:
         now = self._clock.now()
         if self._rejected is not None and now < self._rejected_until:
             raise LoginRejected(self._rejected.message, route=self.route)
+        if self._lockouts is not None:  # another worker's rejection counts here too
+            shared = self._lockouts.get(self.route)
+            if shared is not None and now < shared.until:
+                raise LoginRejected(shared.message, route=self.route)
         if now < self._backoff_until:
             raise LoginBackoff(
                 f"the last login failed ({self.last_error}); retrying in a moment",
@@ -176,6 +183,8 @@ class RouteSessions:
             exc.for_route(self.route)
             self._rejected = exc
             self._rejected_until = self._clock.now() + self._retry_after
+            if self._lockouts is not None:
+                self._lockouts.put(self.route, Lockout(self._rejected_until, exc.message))
             self.last_error = exc.message
             self._on_login(self.route, "rejected", time.perf_counter() - started)
             log.warning(
@@ -290,6 +299,8 @@ class RouteSessions:
             log.info("login_lockout_cleared", route=self.route, reason="config reloaded")
         self._rejected = None
         self._rejected_until = 0.0
+        if self._lockouts is not None:
+            self._lockouts.clear(self.route)
 
     async def logout(self) -> None:
         """End the vendor session (shutdown, removed route). Errors are logged, not raised."""

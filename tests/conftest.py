@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import Upstream
+from helpers import Served, Upstream, spawn_served
 
 from proxy.app import ProxyServer
 from proxy.clock import ManualClock
@@ -117,3 +118,20 @@ async def upstream() -> AsyncIterator[Upstream]:
     up.port = runner.addresses[0][1]
     yield up
     await runner.cleanup()
+
+
+@pytest.fixture
+async def serve_process(tmp_path: Path) -> AsyncIterator[Callable[[Path, int], Awaitable[Served]]]:
+    """``await serve_process(config_path, port)`` → a running ``auth-proxy serve`` process."""
+    started: list[Served] = []
+
+    async def spawn(config: Path, port: int) -> Served:
+        served = await spawn_served(config, port, tmp_path)
+        started.append(served)
+        return served
+
+    yield spawn
+    for served in started:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import yaml
 from aiohttp import web
 
 from proxy.app import ProxyServer
@@ -98,3 +104,58 @@ class Upstream:
         """An ivanti-api-key route to this upstream: no login, a fixed injected header."""
         auth = {"type": "ivanti-api-key", "url": self.url, "api_key": "upstream-key"}
         return {"name": name, "match": {"prefix": prefix}, "auth": auth, **extra}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(path: Path, routes: list[dict[str, Any]], **top: Any) -> None:
+    data = {"listen": {"host": "127.0.0.1", "port": 0}, **top, "routes": routes}
+    path.write_text(yaml.safe_dump(data))
+
+
+class Served:
+    """``auth-proxy serve`` running as a real process; its stdout goes to a file."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, out: Path, err: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.out = out
+        self.err = err
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every stdout line so far, each of which must be one JSON object."""
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line]
+
+    async def finish(self) -> list[dict[str, Any]]:
+        """Wait for the process to exit (after a signal) and require exit code 0."""
+        code = await asyncio.to_thread(self.proc.wait, 20)
+        assert code == 0, self.err.read_text()
+        return self.events()
+
+
+async def spawn_served(config: Path, port: int, workdir: Path) -> Served:
+    out, err = workdir / f"proxy-{port}.out", workdir / f"proxy-{port}.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; probed over HTTP below
+            [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+            stdout=stdout,
+            stderr=stderr,
+            cwd=ROOT,
+        )
+    served = Served(proc, port, out, err)
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(served.url("/-/healthz")) as resp:
+                    if resp.status == 200:
+                        return served
+            except aiohttp.ClientConnectionError:
+                pass
+            assert proc.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "the proxy did not start"
+            await asyncio.sleep(0.05)

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 import yaml
-from helpers import iics_route
+from helpers import Served, iics_route, write_config
 
 from proxy import __version__
 from proxy.sandbox import Sandbox, expected_sha256
@@ -125,63 +121,27 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-class ProxyProcess:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc = proc
-        self.port = port
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
-async def start_proxy(tmp_path: Path, config: dict[str, Any], port: int) -> ProxyProcess:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"listen": {"host": "127.0.0.1", "port": port}, **config}))
-    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the child is probed over HTTP
-        [sys.executable, "-m", "proxy", "-c", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 20
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/-/healthz") as resp:
-                    if resp.status == 200:
-                        return ProxyProcess(proc, port)
-            except aiohttp.ClientConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"proxy did not start: {proc.communicate()[1]}")
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
-async def proxy_process(
-    sandbox: Sandbox, tmp_path: Path, unused_tcp_port: int
-) -> AsyncIterator[ProxyProcess]:
-    proc = await start_proxy(tmp_path, {"routes": [iics_route(sandbox)]}, unused_tcp_port)
-    yield proc
-    if proc.proc.poll() is None:
-        proc.proc.kill()
-        proc.proc.communicate()
+async def served_iics(
+    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+) -> Served:
+    config = tmp_path / "config.yaml"
+    write_config(
+        config, [iics_route(sandbox)], listen={"host": "127.0.0.1", "port": unused_tcp_port}
+    )
+    return await serve_process(config, unused_tcp_port)
 
 
 async def test_serve_logs_json_lines_and_exits_0_on_sigterm(
-    proxy_process: ProxyProcess, sandbox: Sandbox
+    served_iics: Served, sandbox: Sandbox
 ) -> None:
     async with (
         aiohttp.ClientSession() as http,
-        http.get(proxy_process.url("/iics/saas/api/v2/agent")) as resp,
+        http.get(served_iics.url("/iics/saas/api/v2/agent")) as resp,
     ):
         assert resp.status == 200
-    proxy_process.proc.send_signal(signal.SIGTERM)
-    out, _ = await asyncio.to_thread(proxy_process.proc.communicate, timeout=20)
-    assert proxy_process.proc.returncode == 0
-    events = [json.loads(line) for line in out.splitlines()]  # every stdout line is JSON
+    served_iics.proc.send_signal(signal.SIGTERM)
+    events = await served_iics.finish()  # every stdout line parses as one JSON object
     access = [e for e in events if e["event"] == "request"]
     assert len(access) == 1
     assert access[0]["route"] == "iics" and access[0]["status"] == 200
@@ -190,8 +150,9 @@ async def test_serve_logs_json_lines_and_exits_0_on_sigterm(
 
 
 async def test_streaming_a_large_download_and_upload_keeps_memory_flat(
-    proxy_process: ProxyProcess,
+    served_iics: Served,
 ) -> None:
+    proxy_process = served_iics
     size = 300 * 1024 * 1024
     pid = proxy_process.proc.pid
     async with aiohttp.ClientSession() as http:

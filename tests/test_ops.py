@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +17,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
-from helpers import Upstream, base, iics_route, ivanti_key_route, wait_for
+from helpers import Upstream, base, iics_route, ivanti_key_route, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import ProxyServer
@@ -241,11 +239,6 @@ async def test_login_rejection_failure_and_renewal_are_logged_with_reasons(
 
 
 # ---------------------------------------------------------------- reload
-
-
-def write_config(path: Path, routes: list[dict[str, Any]], **top: Any) -> None:
-    data = {"listen": {"host": "127.0.0.1", "port": 0}, **top, "routes": routes}
-    path.write_text(yaml.safe_dump(data))
 
 
 FileProxy = Callable[[Path], Awaitable[ProxyServer]]
@@ -506,53 +499,6 @@ async def test_drain_is_bounded_by_the_timeout(
 
 
 # ---------------------------------------------------------------- a real process
-
-
-class Served:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc = proc
-        self.port = port
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def finish(self) -> list[dict[str, Any]]:
-        out, err = await asyncio.to_thread(self.proc.communicate, timeout=20)
-        assert self.proc.returncode == 0, err
-        return [json.loads(line) for line in out.splitlines()]
-
-
-@pytest.fixture
-async def serve_process() -> AsyncIterator[Callable[[Path, int], Awaitable[Served]]]:
-    started: list[subprocess.Popen[str]] = []
-
-    async def spawn(path: Path, port: int) -> Served:
-        proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; probed over HTTP below
-            [sys.executable, "-m", "proxy", "serve", "-c", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        started.append(proc)
-        served = Served(proc, port)
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as http:
-            while True:
-                try:
-                    if await status_of(http, served.url("/-/healthz")) == 200:
-                        return served
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert proc.poll() is None, proc.communicate()[1]
-                assert time.monotonic() < deadline, "the proxy did not start"
-                await asyncio.sleep(0.05)
-
-    yield spawn
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 async def test_sighup_reloads_the_config_file(
