@@ -11,7 +11,6 @@ import asyncio
 import os
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from proxy.errors import Draining, NoRoute, ProxyError
 from proxy.forward import Outcome, forward
 from proxy.guard import OPEN_ADMIN_PATHS, Guard
 from proxy.httpserver import ProxyHttpServer
-from proxy.logs import REDACTOR
+from proxy.logs import ACCESS_LOG, REDACTOR
 from proxy.metrics import Metrics
 from proxy.outbound import Outbound
 from proxy.routing import host_without_port
@@ -94,6 +93,8 @@ class ProxyServer:
     ) -> None:
         self.clock = clock or Clock()
         self.lockouts = lockouts  # shared with sibling workers, when there are any
+        self._request_id_prefix = os.urandom(6).hex()
+        self._request_counter = 0
         self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
         self.metrics = Metrics(self._session_statuses, self.clock.now)
@@ -195,7 +196,7 @@ class ProxyServer:
         outcome = Outcome()
         route_name: str | None = None
         status = 500
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-ID") or self._next_request_id()
         self._enter()
         try:
             guard = self.guard
@@ -244,17 +245,23 @@ class ProxyServer:
             if route_name is not None or not path.startswith("/-/"):  # scrapes are not traffic
                 self.metrics.request(route_name, status, elapsed, outcome.replayed)
             if runtime.config.log.access:
-                access_log.info(
-                    "request",
-                    route=route_name,
-                    method=request.method,
-                    path=path,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                    upstream_ms=round(outcome.upstream_seconds * 1000, 2),
-                    replayed=outcome.replayed,
-                    request_id=request_id,
+                ACCESS_LOG.write(
+                    {
+                        "route": route_name,
+                        "method": request.method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "upstream_ms": round(outcome.upstream_seconds * 1000, 2),
+                        "replayed": outcome.replayed,
+                        "request_id": request_id,
+                    }
                 )
+
+    def _next_request_id(self) -> str:
+        """Unique per process run: a random prefix and a counter (cheaper than uuid4)."""
+        self._request_counter += 1
+        return f"{self._request_id_prefix}{self._request_counter:010x}"
 
     def _enter(self) -> None:
         self._inflight += 1
@@ -349,6 +356,7 @@ class ProxyServer:
         self._runners.clear()
         await self.logout_all()
         await self.outbound.close()
+        ACCESS_LOG.flush()
         log.info("stopped")
 
     async def logout_all(self) -> None:

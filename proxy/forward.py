@@ -49,6 +49,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {"host"}
 _LOCATION_HEADERS = ("location", "content-location")
 _REQUEST_ID = istr("X-Request-ID")
 CHUNK = 256 * 1024
+SMALL_BODY = 128 * 1024  # responses up to this size are read whole and sent in one write
 
 
 @dataclass(slots=True)
@@ -99,16 +100,20 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
 
 
 def response_headers(
-    upstream: aiohttp.ClientResponse, base: str, route_base: str
+    upstream: aiohttp.ClientResponse, base: str, route_base: str | None
 ) -> CIMultiDict[str]:
-    """The upstream's headers for the client: hop-by-hop dropped, Location rewritten."""
+    """The upstream's headers for the client: hop-by-hop dropped, Location rewritten.
+
+    ``route_base`` None (forward-proxy mode) keeps ``Location`` as it is: the client
+    already addresses the vendor by its own name.
+    """
     conn = _connection_tokens(upstream.headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.headers.items():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in conn:
             continue
-        if lower in _LOCATION_HEADERS:
+        if lower in _LOCATION_HEADERS and route_base is not None:
             value = rewrite_location(value, base, route_base)
         out.add(name, value)
     return out
@@ -177,11 +182,17 @@ async def forward(
     route: RouteRuntime,
     rest: str,
     query: str,
-    route_base: str,
+    route_base: str | None,
     outcome: Outcome,
     *,
     request_id: str | None = None,
+    upstream_base: str | None = None,
 ) -> web.StreamResponse:
+    """Send ``request`` upstream with the route's session and stream the answer back.
+
+    ``upstream_base`` replaces the session's upstream (forward-proxy mode: the origin the
+    client named); ``route_base`` None leaves ``Location`` headers alone.
+    """
     sessions = route.sessions
     body = Body(request, route.retry_body_limit)
     try:
@@ -189,14 +200,18 @@ async def forward(
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("the request body is too large", route=route.name) from None
     lease = await sessions.acquire()
-    upstream = await _send(request, route, lease, rest, query, body, outcome, request_id)
+    upstream = await _send(
+        request, route, lease, rest, query, body, outcome, request_id, upstream_base
+    )
     if upstream.status in route.reauth_on:
         if body.replayable:
             upstream.release()
             lease = await sessions.reauth(lease)
             outcome.replayed = True
             log.info("replaying_after_reauth", route=route.name, status=upstream.status)
-            upstream = await _send(request, route, lease, rest, query, body, outcome, request_id)
+            upstream = await _send(
+                request, route, lease, rest, query, body, outcome, request_id, upstream_base
+            )
             if upstream.status in route.reauth_on:
                 sessions.invalidate(lease)
             else:
@@ -205,7 +220,9 @@ async def forward(
             sessions.invalidate(lease)
     else:
         sessions.touch(lease)
-    return await _stream_back(request, route, upstream, lease, rest, route_base, outcome)
+    return await _stream_back(
+        request, route, upstream, lease, rest, route_base, outcome, upstream_base
+    )
 
 
 async def _send(
@@ -217,9 +234,10 @@ async def _send(
     body: Body,
     outcome: Outcome,
     request_id: str | None = None,
+    upstream_base: str | None = None,
 ) -> aiohttp.ClientResponse:
     session = lease.session
-    base = session.base_for(rest)
+    base = upstream_base or session.base_for(rest)
     url = URL(base + rest + ("?" + query if query else ""), encoded=True)
     headers = request_headers(
         request.headers, route, session.headers, session.default_headers, request_id
@@ -267,21 +285,43 @@ async def _stream_back(
     upstream: aiohttp.ClientResponse,
     lease: Lease,
     rest: str,
-    route_base: str,
+    route_base: str | None,
     outcome: Outcome,
+    upstream_base: str | None = None,
 ) -> web.StreamResponse:
     try:
-        headers = response_headers(upstream, lease.session.base_for(rest), route_base)
+        base = upstream_base or lease.session.base_for(rest)
+        headers = response_headers(upstream, base, route_base)
         route.filter_response_headers(headers, lease.session)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
-        await response.prepare(request)
+        length = upstream.content_length
         try:
+            if length is not None and length <= SMALL_BODY:
+                # Read it whole: headers and body then leave in a single write.
+                payload = await upstream.read()
+                await response.prepare(request)
+                await response.write_eof(payload)
+                return response
+            await response.prepare(request)
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
-        except TimeoutError:
-            log.warning("upstream_stalled_mid_body", route=route.name)
-            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if not response.prepared:
+                host = upstream.url.host
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout(
+                        f"{host} stalled while sending its response", route=route.name
+                    ) from None
+                raise UpstreamUnreachable(
+                    f"{host} broke off its response ({_reason(exc)})", route=route.name
+                ) from None
+            # Headers are gone; the only honest signal left is a cut connection, so the
+            # client cannot take a truncated body for a complete one.
+            log.warning("upstream_failed_mid_body", route=route.name, error=type(exc).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         await response.write_eof()
         return response
     finally:

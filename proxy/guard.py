@@ -1,7 +1,9 @@
 """Who may use the proxy, and which requests it refuses outright (SPEC §7, §8).
 
 - Client authentication: ``Proxy-Authorization: Bearer <token>`` against
-  ``client_auth.tokens``, compared in constant time.
+  ``client_auth.tokens``, compared in constant time. Forward-proxy requests (CONNECT,
+  absolute-form) may also send ``Basic`` with the token as the password: that is what
+  clients derive from ``HTTPS_PROXY=http://user:<token>@host:port``.
 - DNS-rebinding defence: on a loopback listener, the ``Host`` header must be a loopback
   name/address or a host a route matches; a web page that rebinds its own name to
   127.0.0.1 is refused.
@@ -11,6 +13,8 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import hmac
 import re
 from typing import Any
@@ -26,6 +30,7 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 OPEN_ADMIN_PATHS = frozenset({"/-/healthz", "/-/readyz"})
 
 
+@functools.lru_cache(maxsize=512)
 def loopback_host(host: str) -> bool:
     """``localhost``, ``*.localhost`` (RFC 6761) or a loopback address."""
     return host == "localhost" or host.endswith(".localhost") or is_loopback(host)
@@ -63,12 +68,22 @@ class Guard:
             return
         raise Forbidden(f"Host {host!r} is not served here (DNS-rebinding protection)")
 
-    def check_client(self, request: web.BaseRequest) -> None:
+    def check_client(self, request: web.BaseRequest, *, basic: bool = False) -> None:
+        self.check_credentials(request.headers.get("Proxy-Authorization", ""), basic=basic)
+
+    def check_credentials(self, header: str, *, basic: bool = False) -> None:
+        """Check a ``Proxy-Authorization`` value; ``basic`` also accepts user:token."""
         if not self._tokens:
             return
-        header = request.headers.get("Proxy-Authorization", "")
         scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
+        scheme = scheme.lower()
+        if basic and scheme == "basic":
+            try:
+                decoded = base64.b64decode(presented.strip(), validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                decoded = ""
+            scheme, presented = "bearer", decoded.partition(":")[2]
+        if scheme != "bearer" or not presented:
             raise ClientUnauthorized("send Proxy-Authorization: Bearer <token>")
         candidate = presented.strip().encode()
         # Compare against every token so timing says nothing about which one matched.

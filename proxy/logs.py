@@ -8,9 +8,12 @@ it appears in an event.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
@@ -94,6 +97,66 @@ class Redactor:
 
 REDACTOR = Redactor()
 
+
+class AccessLog:
+    """The one access line per request, written without the general processor chain.
+
+    It is the only event on every request's path, so it is built directly: the same
+    JSON shape as other events (plus the bound context, e.g. ``worker``), the path
+    passed through the redactor, and lines from one loop iteration written together
+    in a single write. The console format goes through structlog as usual.
+    """
+
+    def __init__(self) -> None:
+        self._stream: TextIO = sys.stdout
+        self._json = True
+        self._lines: list[str] = []
+        self._second = -1
+        self._second_text = ""
+
+    def configure(self, stream: TextIO, fmt: str) -> None:
+        self.flush()
+        self._stream = stream
+        self._json = fmt == "json"
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((now - second) * 1_000_000):06d}Z"
+
+    def write(self, fields: dict[str, Any]) -> None:
+        fields["path"] = REDACTOR.text(fields["path"])
+        if not self._json:
+            structlog.get_logger("auth_proxy.access").info("request", **fields)
+            return
+        context = structlog.contextvars.get_contextvars()
+        if context:
+            fields.update(context)
+        fields["event"] = "request"
+        fields["level"] = "info"
+        fields["timestamp"] = self._timestamp()
+        if not self._lines:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: write at once
+                self._lines.append(json.dumps(fields))
+                self.flush()
+                return
+        self._lines.append(json.dumps(fields))
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        self._stream.write("\n".join(lines) + "\n")
+        self._stream.flush()
+
+
+ACCESS_LOG = AccessLog()
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -113,6 +176,7 @@ VERBOSITY = _Verbosity()
 
 def setup_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     VERBOSITY.debug = level == "debug"
+    ACCESS_LOG.configure(stream or sys.stdout, fmt)
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty())

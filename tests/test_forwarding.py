@@ -303,3 +303,41 @@ async def test_tls_upstream_verified_with_ca_bundle_added(
             error = (await resp.json())["error"]
             assert error["code"] == "login_failed"
             assert "TLS verification" in error["message"]
+
+
+def truncating_handler(declared: int, sent: int):
+    """An upstream that promises ``declared`` bytes, sends ``sent`` and hangs up."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(declared)})
+        await response.prepare(request)
+        await response.write(b"x" * sent)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    return handler
+
+
+async def test_a_large_body_cut_off_upstream_is_cut_off_for_the_client(
+    upstream: Upstream, make_proxy, http: aiohttp.ClientSession, logs
+) -> None:
+    upstream.handler = truncating_handler(4 * 1024 * 1024, 300 * 1024)
+    server = await make_proxy(routes=[upstream.route()])
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.get(base(server, "/up/big")) as resp:
+            assert resp.status == 200
+            await resp.read()
+    assert logs.events("upstream_failed_mid_body")
+    async with http.get(base(server, "/-/healthz")) as resp:
+        assert resp.status == 200
+
+
+async def test_a_small_body_cut_off_upstream_is_a_502(
+    upstream: Upstream, make_proxy, http: aiohttp.ClientSession
+) -> None:
+    upstream.handler = truncating_handler(10_000, 100)
+    server = await make_proxy(routes=[upstream.route()])
+    async with http.get(base(server, "/up/small")) as resp:
+        assert resp.status == 502
+        assert resp.headers["X-Auth-Proxy-Error"] == "upstream_unreachable"
