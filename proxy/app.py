@@ -26,6 +26,7 @@ from proxy.config import Config, ConfigError, is_loopback, load_config
 from proxy.emulation import emulated_kind
 from proxy.errors import Draining, NoRoute, ProxyError
 from proxy.forward import Outcome, forward
+from proxy.forward_proxy import ForwardProxyServer, route_for, target_of
 from proxy.guard import OPEN_ADMIN_PATHS, Guard
 from proxy.httpserver import ProxyHttpServer
 from proxy.logs import ACCESS_LOG, REDACTOR
@@ -34,6 +35,7 @@ from proxy.outbound import Outbound
 from proxy.routing import host_without_port
 from proxy.runtime import Runtime
 from proxy.sessions import SessionStatus
+from proxy.tls import LocalCA
 from proxy.workers import LockoutBoard
 
 log = structlog.get_logger("auth_proxy")
@@ -146,16 +148,25 @@ class ProxyServer:
             (host, port, rt.name) for host, port, rt in self.runtime.listen_ports()
         ]
         reuse = self.config.workers > 1
+        fp = self.config.forward_proxy
+        ca = LocalCA.load_or_create(fp.ca.cert, fp.ca.key) if fp.enabled else None
         for host, port, route in wanted:
             sock = sockets.pop((host, port), None) or bind_socket(host, port, reuse_port=reuse)
             bound_port = sock.getsockname()[1]
-            handler = self._handler_for(bound_port if route is None else port, is_loopback(host))
-            server = ProxyHttpServer(
-                handler,
-                auto_decompress=False,  # bodies pass through exactly as sent
-                max_field_size=MAX_FIELD_SIZE,
-                max_line_size=MAX_LINE_SIZE,
-                access_log=None,
+            forward_proxy = route is None and ca is not None  # the main listener only
+            handler = self._handler_for(
+                bound_port if route is None else port, is_loopback(host), forward_proxy
+            )
+            settings: dict[str, Any] = {
+                "auto_decompress": False,  # bodies pass through exactly as sent
+                "max_field_size": MAX_FIELD_SIZE,
+                "max_line_size": MAX_LINE_SIZE,
+                "access_log": None,
+            }
+            server = (
+                ForwardProxyServer(handler, app=self, ca=ca, **settings)
+                if forward_proxy and ca is not None
+                else ProxyHttpServer(handler, **settings)
             )
             runner = web.ServerRunner(
                 server, handle_signals=False, shutdown_timeout=STRAGGLER_GRACE
@@ -176,21 +187,27 @@ class ProxyServer:
         return self.listeners[0].port
 
     def _handler_for(
-        self, port: int, loopback: bool
+        self, port: int, loopback: bool, forward_proxy: bool = False
     ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
-            return await self.handle(request, port, loopback)
+            return await self.handle(request, port, loopback, forward_proxy)
 
         return handler
 
     # ------------------------------------------------------------------ requests
 
     async def handle(
-        self, request: web.BaseRequest, port: int, loopback: bool = True
+        self,
+        request: web.BaseRequest,
+        port: int,
+        loopback: bool = True,
+        forward_proxy: bool = False,
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        path, _, query = request.raw_path.partition("?")
-        if path in OPEN_ADMIN_PATHS:
+        # Forward-proxy mode: inside a CONNECT tunnel, or an absolute-form request.
+        target = target_of(request) if forward_proxy else None
+        path, _, query = (request.raw_path if target is None else target.path).partition("?")
+        if target is None and path in OPEN_ADMIN_PATHS:
             return await self.admin.handle(request, path)
         runtime = self.runtime
         outcome = Outcome()
@@ -201,22 +218,33 @@ class ProxyServer:
         try:
             guard = self.guard
             guard.check_target(request, path)
-            host = host_without_port(request.host)
-            if loopback:
-                guard.check_host(host, runtime.router)
-            guard.check_client(request)
-            if path.startswith("/-/"):
-                admin_response = await self.admin.handle(request, path)
-                status = admin_response.status
-                return admin_response
+            if target is not None:
+                if not target.tunnel:  # a tunnel's client authenticated on its CONNECT
+                    guard.check_client(request, basic=True)
+            else:
+                host = host_without_port(request.host)
+                if loopback:
+                    guard.check_host(host, runtime.router)
+                guard.check_client(request)
+                if path.startswith("/-/"):
+                    admin_response = await self.admin.handle(request, path)
+                    status = admin_response.status
+                    return admin_response
             if self.draining:
                 raise Draining("the proxy is shutting down")
-            matched = runtime.router.match(port, host, path)
+            matched = (
+                runtime.router.match(port, host, path)
+                if target is None
+                else route_for(runtime.router, target)
+            )
             if matched is None:
                 raise NoRoute(f"no route matches {path}")
             route = matched.target
             route_name = route.name
-            route_base = f"{request.scheme}://{request.host}{matched.prefix}"
+            # Forward-proxy clients address the vendor by name: no URL points at the proxy.
+            route_base = (
+                None if target is not None else f"{request.scheme}://{request.host}{matched.prefix}"
+            )
             kind = emulated_kind(route, request.method, matched.rest)
             response: web.StreamResponse
             if kind is not None:
@@ -224,7 +252,14 @@ class ProxyServer:
                 status = response.status
                 return response
             response = await forward(
-                request, route, matched.rest, query, route_base, outcome, request_id=request_id
+                request,
+                route,
+                matched.rest,
+                query,
+                route_base,
+                outcome,
+                request_id=request_id,
+                upstream_base=None if target is None else target.origin,
             )
             status = response.status
             return response
@@ -388,4 +423,6 @@ def _restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("workers")
     if (old.log.level, old.log.format) != (new.log.level, new.log.format):
         changed.append("log")
+    if old.forward_proxy != new.forward_proxy:
+        changed.append("forward_proxy")
     return changed

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the sandbox and the proxy in front of it")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
     demo.add_argument(
+        "--forward-proxy",
+        action="store_true",
+        help="show forward-proxy mode: vendor URLs through CONNECT and a local CA",
+    )
+    demo.add_argument(
         "--sandbox-port", type=int, default=0, help="first sandbox port (default: any free)"
     )
 
@@ -87,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "demo":
             from proxy.demo import run_demo
 
-            return _run(run_demo(args.port, args.sandbox_port))
+            return _run(run_demo(args.port, args.sandbox_port, args.forward_proxy))
         if command == "sandbox":
             from proxy.sandbox.runner import serve_forever
 

@@ -455,15 +455,16 @@ class ClientAuth(_Model):
 
 
 class ForwardProxyCA(_Model):
-    cert: str = "ca.pem"
-    key: str = "ca-key.pem"
+    # Defaults are validated too: they are relative to the config file's directory.
+    cert: str = Field(default="ca.pem", validate_default=True)
+    key: str = Field(default="ca-key.pem", validate_default=True)
 
     _paths = field_validator("cert", "key")(_resolve_path)
 
 
 class ForwardProxy(_Model):
     enabled: bool = False
-    ca: ForwardProxyCA = Field(default_factory=ForwardProxyCA)
+    ca: ForwardProxyCA = Field(default_factory=dict, validate_default=True)
     passthrough: tuple[str, ...] = ()
 
     _hosts = field_validator("passthrough", mode="before")(Match._hosts.__func__)  # type: ignore[attr-defined]
@@ -477,7 +478,7 @@ class Config(_Model):
     allow_unauthenticated: bool = False
     shutdown_timeout: float = Field(default=30, ge=0)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
-    forward_proxy: ForwardProxy = Field(default_factory=ForwardProxy)
+    forward_proxy: ForwardProxy = Field(default_factory=dict, validate_default=True)
     routes: tuple[Route, ...] = Field(min_length=1)
 
     def upstream_for(self, route: Route) -> UpstreamSettings:
