@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -31,6 +33,7 @@ from proxy.config import Config
 log = structlog.get_logger("auth_proxy.workers")
 
 RESTART_DELAY = 1.0
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,7 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
+                _exit_with_parent()
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
                 structlog.contextvars.bind_contextvars(worker=index)
@@ -154,6 +158,17 @@ class Supervisor:
             if not self.stopping:
                 self._spawn(index, self._bind())
         return worst
+
+
+def _exit_with_parent() -> None:
+    """Linux: get SIGTERM if the supervisor dies (even by SIGKILL), so no worker is orphaned."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own handlers remain
+        return
+    if os.getppid() == 1:  # the parent died before the call took effect
+        os._exit(1)
 
 
 def _worker_main(

@@ -6,8 +6,10 @@ moves both vendor-side and proxy-side expiry, without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,5 +135,9 @@ async def serve_process(tmp_path: Path) -> AsyncIterator[Callable[[Path, int], A
     yield spawn
     for served in started:
         if served.proc.poll() is None:
-            served.proc.kill()
-            served.proc.wait()
+            served.proc.terminate()  # lets a supervisor stop its workers
+            try:
+                await asyncio.to_thread(served.proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                served.proc.kill()
+                served.proc.wait()

@@ -91,3 +91,22 @@ async def test_sighup_reloads_every_worker_and_a_dead_worker_is_replaced(
     assert await asyncio.wait_for(statuses(served, 10), 20) == [(200, "")] * 10
     served.proc.send_signal(signal.SIGTERM)
     await served.finish()
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(
+    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    served = await start(sandbox, serve_process, tmp_path, unused_tcp_port)
+    pids = [e["pid"] for e in served.events() if e["event"] == "listening"]
+    served.proc.kill()  # SIGKILL: no chance to forward anything
+    served.proc.wait()
+    await wait_for(lambda: not any(map(running, pids)), timeout=10, what="orphans to exit")
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
