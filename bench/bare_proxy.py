@@ -15,7 +15,7 @@ import socket
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 try:
@@ -30,8 +30,8 @@ NOT_FORWARDED = frozenset(
 CHUNK = 256 * 1024
 
 
-def kept(headers: CIMultiDict[str] | object) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in NOT_FORWARDED)  # type: ignore[attr-defined]
+def kept(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in NOT_FORWARDED)
 
 
 async def serve(port: int, upstream: str) -> None:
@@ -40,9 +40,7 @@ async def serve(port: int, upstream: str) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
-    client = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=512), auto_decompress=False
-    )
+    client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512), auto_decompress=False)
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         headers = kept(request.headers)
