@@ -281,16 +281,14 @@ class ProxyServer:
                 self.metrics.request(route_name, status, elapsed, outcome.replayed)
             if runtime.config.log.access:
                 ACCESS_LOG.write(
-                    {
-                        "route": route_name,
-                        "method": request.method,
-                        "path": path,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "upstream_ms": round(outcome.upstream_seconds * 1000, 2),
-                        "replayed": outcome.replayed,
-                        "request_id": request_id,
-                    }
+                    route_name,
+                    request.method,
+                    path,
+                    status,
+                    elapsed,
+                    outcome.upstream_seconds,
+                    outcome.replayed,
+                    request_id,
                 )
 
     def _next_request_id(self) -> str:

@@ -22,6 +22,7 @@ from yarl import URL
 from proxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
 from proxy.logs import VERBOSITY
 from proxy.outbound import _reason
+from proxy.watchdog import Watch
 
 if TYPE_CHECKING:
     from proxy.runtime import RouteRuntime
@@ -47,6 +48,8 @@ HOP_BY_HOP = frozenset(
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host"}
 _LOCATION_HEADERS = ("location", "content-location")
+_NO_TOKENS: frozenset[str] = frozenset()
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 _REQUEST_ID = istr("X-Request-ID")
 CHUNK = 256 * 1024
 SMALL_BODY = 128 * 1024  # responses up to this size are read whole and sent in one write
@@ -94,8 +97,8 @@ def request_headers(
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall("Connection", ())
-    if not values:
-        return frozenset()
+    if not values or (len(values) == 1 and values[0].lower() in _PLAIN_CONNECTION):
+        return _NO_TOKENS  # nothing beyond the hop-by-hop names already dropped
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
@@ -164,16 +167,17 @@ class Body:
     def replayable(self) -> bool:
         return self.kept is not None
 
-    def data(self) -> bytes | AsyncIterator[bytes] | None:
+    def data(self, deadline: Watch) -> bytes | AsyncIterator[bytes] | None:
         if self.kept is not None:
             return self.kept if self.kept or not self.empty else None
-        return self._stream()
+        return self._stream(deadline)
 
-    async def _stream(self) -> AsyncIterator[bytes]:
+    async def _stream(self, deadline: Watch) -> AsyncIterator[bytes]:
         prefix, self._prefix = self._prefix, []
         for chunk in prefix:
             yield chunk
         async for chunk in self._request.content.iter_chunked(CHUNK):
+            deadline.extend()  # a long upload is progress, not a stalled upstream
             yield chunk
 
 
@@ -200,8 +204,9 @@ async def forward(
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("the request body is too large", route=route.name) from None
     lease = await sessions.acquire()
+    watch = route.client.watchdog.watch(route.client.settings.read_timeout)
     upstream = await _send(
-        request, route, lease, rest, query, body, outcome, request_id, upstream_base
+        request, route, lease, rest, query, body, outcome, watch, request_id, upstream_base
     )
     if upstream.status in route.reauth_on:
         if body.replayable:
@@ -210,7 +215,7 @@ async def forward(
             outcome.replayed = True
             log.info("replaying_after_reauth", route=route.name, status=upstream.status)
             upstream = await _send(
-                request, route, lease, rest, query, body, outcome, request_id, upstream_base
+                request, route, lease, rest, query, body, outcome, watch, request_id, upstream_base
             )
             if upstream.status in route.reauth_on:
                 sessions.invalidate(lease)
@@ -221,7 +226,7 @@ async def forward(
     else:
         sessions.touch(lease)
     return await _stream_back(
-        request, route, upstream, lease, rest, route_base, outcome, upstream_base
+        request, route, upstream, lease, rest, route_base, outcome, watch, upstream_base
     )
 
 
@@ -233,6 +238,7 @@ async def _send(
     query: str,
     body: Body,
     outcome: Outcome,
+    watch: Watch,
     request_id: str | None = None,
     upstream_base: str | None = None,
 ) -> aiohttp.ClientResponse:
@@ -254,17 +260,18 @@ async def _send(
     proxy, proxy_auth = client.proxy_for(url)
     started = time.perf_counter()
     try:
-        response = await client.session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=body.data(),
-            ssl=client.ssl,
-            timeout=client.timeout,
-            allow_redirects=False,
-            proxy=proxy,
-            proxy_auth=proxy_auth,
-        )
+        with watch:
+            response = await client.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body.data(watch),
+                ssl=client.ssl,
+                timeout=client.timeout,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+            )
     except TimeoutError:
         raise UpstreamTimeout(
             f"{url.host} did not answer within {client.settings.read_timeout:g}s",
@@ -287,6 +294,7 @@ async def _stream_back(
     rest: str,
     route_base: str | None,
     outcome: Outcome,
+    watch: Watch,
     upstream_base: str | None = None,
 ) -> web.StreamResponse:
     try:
@@ -299,13 +307,21 @@ async def _stream_back(
         try:
             if length is not None and length <= SMALL_BODY:
                 # Read it whole: headers and body then leave in a single write.
-                payload = await upstream.read()
+                with watch:
+                    payload = await upstream.read()
                 await response.prepare(request)
                 await response.write_eof(payload)
                 return response
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
+            content = upstream.content
+            with watch:
+                while True:
+                    watch.extend()
+                    chunk = await content.read(CHUNK)
+                    if not chunk:
+                        break
+                    watch.pause()  # a slow client is not a stalled upstream
+                    await response.write(chunk)
         except (TimeoutError, aiohttp.ClientError) as exc:
             if not response.prepared:
                 host = upstream.url.host

@@ -98,13 +98,22 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+def _json_text(value: str | None) -> str:
+    """A JSON string literal; the common plain-ASCII case without the encoder."""
+    if value is None:
+        return "null"
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
+
+
 class AccessLog:
     """The one access line per request, written without the general processor chain.
 
-    It is the only event on every request's path, so it is built directly: the same
-    JSON shape as other events (plus the bound context, e.g. ``worker``), the path
-    passed through the redactor, and lines from one loop iteration written together
-    in a single write. The console format goes through structlog as usual.
+    It is the only event on every request's path, so it is formatted directly: the same
+    JSON shape as other events (plus the bound context, e.g. ``worker``), the path passed
+    through the redactor, and the lines of one loop iteration written together in a
+    single write. The console format goes through structlog as usual.
     """
 
     def __init__(self) -> None:
@@ -113,11 +122,13 @@ class AccessLog:
         self._lines: list[str] = []
         self._second = -1
         self._second_text = ""
+        self._context: str | None = None  # bound context, rendered once per process
 
     def configure(self, stream: TextIO, fmt: str) -> None:
         self.flush()
         self._stream = stream
         self._json = fmt == "json"
+        self._context = None
 
     def _timestamp(self) -> str:
         now = time.time()
@@ -127,25 +138,51 @@ class AccessLog:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._second_text}.{int((now - second) * 1_000_000):06d}Z"
 
-    def write(self, fields: dict[str, Any]) -> None:
-        fields["path"] = REDACTOR.text(fields["path"])
+    def write(
+        self,
+        route: str | None,
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        upstream_seconds: float,
+        replayed: bool,
+        request_id: str,
+    ) -> None:
+        path = REDACTOR.text(path)
         if not self._json:
-            structlog.get_logger("auth_proxy.access").info("request", **fields)
+            structlog.get_logger("auth_proxy.access").info(
+                "request",
+                route=route,
+                method=method,
+                path=path,
+                status=status,
+                duration_ms=round(seconds * 1000, 2),
+                upstream_ms=round(upstream_seconds * 1000, 2),
+                replayed=replayed,
+                request_id=request_id,
+            )
             return
-        context = structlog.contextvars.get_contextvars()
-        if context:
-            fields.update(context)
-        fields["event"] = "request"
-        fields["level"] = "info"
-        fields["timestamp"] = self._timestamp()
+        if self._context is None:
+            bound = structlog.contextvars.get_contextvars()
+            self._context = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in bound.items())
+        line = (
+            f'{{"route": {_json_text(route)}, "method": {_json_text(method)}, '
+            f'"path": {_json_text(path)}, "status": {status}, '
+            f'"duration_ms": {seconds * 1000:.2f}, '
+            f'"upstream_ms": {upstream_seconds * 1000:.2f}, '
+            f'"replayed": {"true" if replayed else "false"}, '
+            f'"request_id": {_json_text(request_id)}{self._context}, '
+            f'"event": "request", "level": "info", "timestamp": "{self._timestamp()}"}}'
+        )
         if not self._lines:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no loop: write at once
-                self._lines.append(json.dumps(fields))
+                self._lines.append(line)
                 self.flush()
                 return
-        self._lines.append(json.dumps(fields))
+        self._lines.append(line)
 
     def flush(self) -> None:
         if not self._lines:

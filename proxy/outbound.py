@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,17 +19,38 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.helpers import get_env_proxy_for_url, proxies_from_env
 from aiohttp.resolver import DefaultResolver
+from multidict import CIMultiDict
 from yarl import URL
 
+from proxy import __version__
 from proxy.config import UpstreamSettings
 from proxy.errors import LoginFailed
 from proxy.flows.base import MAX_LOGIN_BODY, LoginRequest, LoginResponse
+from proxy.watchdog import Watchdog
 
 log = structlog.get_logger("auth_proxy.outbound")
 
 POOL_LIMIT = 512
+
+
+USER_AGENT = f"auth-proxy/{__version__}"
+_NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict(
+    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+)
+
+
+class TransparentRequest(aiohttp.ClientRequest):
+    """A client request that adds no header of its own (Accept, User-Agent, ...).
+
+    A transparent proxy sends what the client sent plus what the route injects. The
+    session-level ``skip_auto_headers`` would do the same but rebuilds its sets on
+    every request, which showed in the profile of the request path.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NO_AUTO_HEADERS
 
 
 class MappedResolver(AbstractResolver):
@@ -92,6 +113,8 @@ class EnvProxies:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str], EnvProxy] = {}
+        # Most machines set no proxy at all: then routes skip the lookup entirely.
+        self.active = bool(proxies_from_env())
 
     def for_url(self, url: URL) -> EnvProxy:
         key = (url.scheme, url.host or "")
@@ -111,8 +134,10 @@ class RouteClient:
 
     session: aiohttp.ClientSession
     ssl: ssl.SSLContext | bool
-    timeout: aiohttp.ClientTimeout
+    timeout: aiohttp.ClientTimeout  # proxied calls: connect only; reads use the watchdog
+    login_timeout: aiohttp.ClientTimeout  # login calls: connect and every read
     settings: UpstreamSettings
+    watchdog: Watchdog
     env_proxies: EnvProxies | None  # None: trust_env is off for this route
 
     def proxy_for(self, url: URL) -> EnvProxy:
@@ -127,10 +152,10 @@ class RouteClient:
             async with self.session.request(
                 request.method,
                 url,
-                headers=dict(request.headers),
+                headers={"User-Agent": USER_AGENT, **request.headers},
                 data=request.body,
                 ssl=self.ssl,
-                timeout=self.timeout,
+                timeout=self.login_timeout,
                 allow_redirects=False,
                 auto_decompress=True,
                 proxy=proxy,
@@ -166,6 +191,7 @@ class Outbound:
     def __init__(self) -> None:
         self._sessions: dict[tuple[tuple[str, str], ...], aiohttp.ClientSession] = {}
         self._env_proxies = EnvProxies()
+        self.watchdog = Watchdog()
         self._warned_insecure: set[str] = set()
 
     def client_for(self, route: str, settings: UpstreamSettings) -> RouteClient:
@@ -179,13 +205,17 @@ class Outbound:
         return RouteClient(
             session=session,
             ssl=ssl_context_for(settings),
-            timeout=aiohttp.ClientTimeout(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
+            login_timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=settings.connect_timeout,
                 sock_read=settings.read_timeout,
             ),
             settings=settings,
-            env_proxies=self._env_proxies if settings.trust_env else None,
+            watchdog=self.watchdog,
+            env_proxies=self._env_proxies
+            if settings.trust_env and self._env_proxies.active
+            else None,
         )
 
     @staticmethod
@@ -201,9 +231,10 @@ class Outbound:
             # clients, and nothing the client did not send is added.
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            request_class=TransparentRequest,
         )
 
     async def close(self) -> None:
+        await self.watchdog.close()
         sessions, self._sessions = list(self._sessions.values()), {}
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

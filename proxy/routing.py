@@ -7,14 +7,12 @@ segment, exact host names by name; only ``*.`` wildcard hosts are checked in tur
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Matched(Generic[T]):
+class Matched(NamedTuple, Generic[T]):  # a tuple: made on every request, cheaply
     target: T
     prefix: str  # the part of the path that the upstream base replaces ("" for host/port)
     rest: str  # the path after the prefix, always starting with "/"

@@ -37,9 +37,9 @@ class RouteRuntime:
 
     def filter_response_headers(self, headers: CIMultiDict[str], session: Session) -> None:
         """Drop cookies that carry the vendor session: the client must never hold it."""
-        cookies = headers.getall("Set-Cookie", ())
-        if not cookies or not session.secrets:
+        if "Set-Cookie" not in headers or not session.secrets:
             return
+        cookies = headers.getall("Set-Cookie")
         kept = [c for c in cookies if not any(s in c for s in session.secrets)]
         if len(kept) != len(cookies):
             headers.popall("Set-Cookie")

@@ -40,12 +40,20 @@ class Lease:
     logged_in_at: float
     last_used: float
     idle_timeout: float | None
+    _fixed_end: float = field(init=False)  # the earliest absolute end (JWT exp, ...)
+    _idle: float | None = field(init=False)  # the sliding timeout, if it applies
+
+    def __post_init__(self) -> None:
+        ends = [t for t in (self.session.hard_expiry, self.session.token_expiry) if t is not None]
+        self._fixed_end = min(ends) if ends else float("inf")
+        self._idle = self.idle_timeout if self.session.sliding else None
 
     def expires_at(self) -> float:
-        ends = [t for t in (self.session.hard_expiry, self.session.token_expiry) if t is not None]
-        if self.idle_timeout is not None and self.session.sliding:
-            ends.append(self.last_used + self.idle_timeout)
-        return min(ends) if ends else float("inf")
+        """On every request's path: two comparisons."""
+        if self._idle is None:
+            return self._fixed_end
+        end = self.last_used + self._idle
+        return end if end < self._fixed_end else self._fixed_end
 
 
 @dataclass(slots=True)

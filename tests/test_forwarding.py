@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import aiohttp
@@ -341,3 +342,27 @@ async def test_a_small_body_cut_off_upstream_is_a_502(
     async with http.get(base(server, "/up/small")) as resp:
         assert resp.status == 502
         assert resp.headers["X-Auth-Proxy-Error"] == "upstream_unreachable"
+
+
+async def test_a_body_that_stalls_midway_is_cut_after_read_timeout(
+    upstream: Upstream, make_proxy, http: aiohttp.ClientSession, logs
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(2 * 1024 * 1024)})
+        await response.prepare(request)
+        await response.write(b"x" * (512 * 1024))
+        await release.wait()  # then nothing more: a stalled upstream
+        return response
+
+    upstream.handler = handler
+    server = await make_proxy(routes=[upstream.route(upstream={"read_timeout": 0.3})])
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with http.get(base(server, "/up/stall")) as resp:
+                assert resp.status == 200
+                await resp.read()
+        assert logs.events("upstream_failed_mid_body")[0]["error"] == "TimeoutError"
+    finally:
+        release.set()

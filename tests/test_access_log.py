@@ -1,0 +1,45 @@
+"""The access line is hand-formatted for speed: it must still be one valid JSON object."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.logs import MASK, REDACTOR, AccessLog
+
+
+@given(
+    path=st.text(max_size=40),
+    request_id=st.text(max_size=20),
+    route=st.none() | st.text(max_size=10),
+    status=st.integers(100, 599),
+    seconds=st.floats(0, 1e4),
+    replayed=st.booleans(),
+)
+def test_every_line_is_one_json_object_with_the_fields_as_given(
+    path: str, request_id: str, route: str | None, status: int, seconds: float, replayed: bool
+) -> None:
+    log = AccessLog()
+    out = io.StringIO()
+    log.configure(out, "json")
+    log.write(route, "GET", path, status, seconds, seconds / 2, replayed, request_id)
+    (line,) = out.getvalue().splitlines()
+    event = json.loads(line)
+    assert event["path"] == REDACTOR.text(path)
+    assert event["request_id"] == request_id
+    assert event["route"] == route
+    assert (event["status"], event["replayed"]) == (status, replayed)
+    assert event["duration_ms"] == round(seconds * 1000, 2)
+    assert (event["event"], event["level"]) == ("request", "info")
+
+
+def test_known_secrets_in_a_path_are_masked() -> None:
+    REDACTOR.add("path-secret-0123")
+    log = AccessLog()
+    out = io.StringIO()
+    log.configure(out, "json")
+    log.write("r", "GET", "/x/path-secret-0123/y", 200, 0.001, 0.0, False, "id")
+    assert json.loads(out.getvalue())["path"] == f"/x/{MASK}/y"
