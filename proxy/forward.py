@@ -102,24 +102,30 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
-def response_headers(
-    upstream: aiohttp.ClientResponse, base: str, route_base: str | None
-) -> CIMultiDict[str]:
-    """The upstream's headers for the client: hop-by-hop dropped, Location rewritten.
+def copy_response_headers(
+    upstream: aiohttp.ClientResponse,
+    out: CIMultiDict[str],
+    base: str,
+    route_base: str | None,
+    secrets: tuple[str, ...],
+) -> None:
+    """The upstream's headers into ``out`` for the client.
 
-    ``route_base`` None (forward-proxy mode) keeps ``Location`` as it is: the client
-    already addresses the vendor by its own name.
+    Hop-by-hop headers are dropped; ``Location`` pointing at the upstream is rewritten
+    (unless ``route_base`` is None: in forward-proxy mode the client already addresses
+    the vendor by name); a ``Set-Cookie`` carrying the vendor session is dropped, so the
+    client never holds it.
     """
     conn = _connection_tokens(upstream.headers)
-    out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.headers.items():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in conn:
             continue
         if lower in _LOCATION_HEADERS and route_base is not None:
             value = rewrite_location(value, base, route_base)
+        elif lower == "set-cookie" and any(secret in value for secret in secrets):
+            continue
         out.add(name, value)
-    return out
 
 
 def rewrite_location(value: str, base: str, route_base: str) -> str:
@@ -299,10 +305,8 @@ async def _stream_back(
 ) -> web.StreamResponse:
     try:
         base = upstream_base or lease.session.base_for(rest)
-        headers = response_headers(upstream, base, route_base)
-        route.filter_response_headers(headers, lease.session)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(headers)
+        copy_response_headers(upstream, response.headers, base, route_base, lease.session.secrets)
         length = upstream.content_length
         try:
             if length is not None and length <= SMALL_BODY:

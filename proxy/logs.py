@@ -166,8 +166,10 @@ class AccessLog:
         if self._context is None:
             bound = structlog.contextvars.get_contextvars()
             self._context = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in bound.items())
+        # Route names (config-validated) and methods (HTTP tokens) need no escaping.
+        route_text = "null" if route is None else f'"{route}"'
         line = (
-            f'{{"route": {_json_text(route)}, "method": {_json_text(method)}, '
+            f'{{"route": {route_text}, "method": "{method}", '
             f'"path": {_json_text(path)}, "status": {status}, '
             f'"duration_ms": {seconds * 1000:.2f}, '
             f'"upstream_ms": {upstream_seconds * 1000:.2f}, '

@@ -9,12 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from multidict import CIMultiDict
-
 from proxy.clock import Clock
 from proxy.config import Config, Route, UpstreamSettings
 from proxy.flows import flow_for
-from proxy.flows.base import Session
 from proxy.outbound import Outbound, RouteClient
 from proxy.routing import Router
 from proxy.sessions import LoginObserver, RouteSessions
@@ -34,17 +31,6 @@ class RouteRuntime:
     @property
     def name(self) -> str:
         return self.config.name
-
-    def filter_response_headers(self, headers: CIMultiDict[str], session: Session) -> None:
-        """Drop cookies that carry the vendor session: the client must never hold it."""
-        if "Set-Cookie" not in headers or not session.secrets:
-            return
-        cookies = headers.getall("Set-Cookie")
-        kept = [c for c in cookies if not any(s in c for s in session.secrets)]
-        if len(kept) != len(cookies):
-            headers.popall("Set-Cookie")
-            for cookie in kept:
-                headers.add("Set-Cookie", cookie)
 
 
 # Headers a client may send that would let it speak with someone else's credentials.

@@ -14,7 +14,7 @@ from proxy.logs import MASK, REDACTOR, AccessLog
 @given(
     path=st.text(max_size=40),
     request_id=st.text(max_size=20),
-    route=st.none() | st.text(max_size=10),
+    route=st.none() | st.from_regex(r"[A-Za-z0-9_.-]{1,10}", fullmatch=True),  # config rule
     status=st.integers(100, 599),
     seconds=st.floats(0, 1e4),
     replayed=st.booleans(),
