@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -345,16 +345,8 @@ AuthConfig = Annotated[
     Field(discriminator="type"),
 ]
 AUTH_TYPES = frozenset(
-    {
-        "iics-password",
-        "iics-password-v3",
-        "iics-saml",
-        "iics-oauth",
-        "iics-salesforce",
-        "idmc-jwt",
-        "ivanti-session",
-        "ivanti-api-key",
-    }
+    get_args(model.model_fields["type"].annotation)[0]
+    for model in get_args(get_args(AuthConfig)[0])
 )
 
 

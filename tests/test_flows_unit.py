@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from proxy.config import (
+    AUTH_TYPES,
     IdmcJwtAuth,
     IicsOAuthAuth,
     IicsPasswordV3Auth,
@@ -92,16 +93,8 @@ def headers_of(session: Session) -> dict[str, str]:
 
 
 def test_every_auth_type_has_a_flow() -> None:
-    assert set(FLOWS) == {
-        "iics-password",
-        "iics-password-v3",
-        "iics-saml",
-        "iics-oauth",
-        "iics-salesforce",
-        "idmc-jwt",
-        "ivanti-session",
-        "ivanti-api-key",
-    }
+    assert set(FLOWS) == AUTH_TYPES
+    assert len(AUTH_TYPES) == 8
 
 
 # --------------------------------------------------------------------------- IICS v3

@@ -163,6 +163,13 @@ def call(request: LoginRequest) -> Generator[Step, Reply, LoginResponse]:
     return response
 
 
+def post_json(url: str, body: Any, what: str) -> Generator[Step, Reply, Any]:
+    """POST ``body`` as JSON to a login endpoint: the answer's JSON, or the right error."""
+    response = yield from call(LoginRequest("POST", url, JSON_HEADERS, json_body(body)))
+    check_login(response, what)
+    return response.json(what)
+
+
 def json_body(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 

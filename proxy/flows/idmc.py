@@ -23,8 +23,8 @@ from proxy.flows.base import (
     Session,
     call,
     check_login,
-    json_body,
     jwt_claims,
+    post_json,
     require_str,
     secret,
 )
@@ -44,16 +44,11 @@ class IdmcJwtFlow(Flow):
 
     def login(self) -> FlowGen:
         password = yield from secret(self.auth.password)
-        response = yield from call(
-            LoginRequest(
-                "POST",
-                f"{self.login_origin}/identity-service/api/v1/Login",
-                JSON_HEADERS,
-                json_body({"username": self.auth.username, "password": password}),
-            )
+        data = yield from post_json(
+            f"{self.login_origin}/identity-service/api/v1/Login",
+            {"username": self.auth.username, "password": password},
+            LOGIN_WHAT,
         )
-        check_login(response, LOGIN_WHAT)
-        data = response.json(LOGIN_WHAT)
         session_id = require_str(data, "sessionId", LOGIN_WHAT)
         org_id = require_str(data, "orgId", LOGIN_WHAT)
         ends = parse_time(require_str(data, "sessionExpireTime", LOGIN_WHAT))

@@ -29,10 +29,8 @@ from proxy.flows.base import (
     FlowGen,
     LoginRequest,
     Session,
-    call,
-    check_login,
-    json_body,
     jwt_exp,
+    post_json,
     require_str,
     secret,
     trust_upstream,
@@ -142,16 +140,7 @@ class IicsFlow(Flow):
         )
 
     def v2_login(self, endpoint: str, body: dict[str, Any], what: str) -> FlowGen:
-        response = yield from call(
-            LoginRequest(
-                "POST",
-                f"{self.login_origin}/ma/api/v2/user/{endpoint}",
-                JSON_HEADERS,
-                json_body(body),
-            )
-        )
-        check_login(response, what)
-        user = response.json(what)
+        user = yield from post_json(f"{self.login_origin}/ma/api/v2/user/{endpoint}", body, what)
         session_id = require_str(user, "icSessionId", what)
         server_url = require_str(user, "serverUrl", what)
         return self.session_from(session_id, server_url, user)
@@ -185,16 +174,11 @@ class IicsPasswordV3Flow(IicsFlow):
     def login(self) -> FlowGen:
         what = "IICS v3 login"
         password = yield from secret(self.auth.password)
-        response = yield from call(
-            LoginRequest(
-                "POST",
-                f"{self.login_origin}/saas/public/core/v3/login",
-                JSON_HEADERS,
-                json_body({"username": self.auth.username, "password": password}),
-            )
+        data = yield from post_json(
+            f"{self.login_origin}/saas/public/core/v3/login",
+            {"username": self.auth.username, "password": password},
+            what,
         )
-        check_login(response, what)
-        data = response.json(what)
         user = data.get("userInfo") if isinstance(data, dict) else None
         if not isinstance(user, dict):
             raise LoginFailed(f"{what} answer has no userInfo")

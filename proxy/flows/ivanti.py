@@ -7,18 +7,14 @@ from typing import ClassVar
 from proxy.config import IvantiApiKeyAuth, IvantiSessionAuth
 from proxy.errors import LoginFailed
 from proxy.flows.base import (
-    JSON_HEADERS,
     PLACEHOLDER_SESSION,
     Emulated,
     Flow,
     FlowGen,
-    LoginRequest,
     Session,
-    call,
-    check_login,
-    json_body,
     jwt_claims,
     jwt_exp,
+    post_json,
     secret,
 )
 
@@ -70,16 +66,9 @@ class IvantiSessionFlow(IvantiFlow):
             "password": password,
             "role": self.auth.role,
         }
-        response = yield from call(
-            LoginRequest(
-                "POST",
-                f"{self.auth.base_url}/api/rest/authentication/login",
-                JSON_HEADERS,
-                json_body(body),
-            )
+        value = yield from post_json(
+            f"{self.auth.base_url}/api/rest/authentication/login", body, what
         )
-        check_login(response, what)
-        value = response.json(what)
         if not isinstance(value, str) or not value.strip():
             raise LoginFailed(f"{what} answer is not a session key string")
         value = value.strip()
