@@ -23,7 +23,6 @@ from proxy import emulation
 from proxy.admin import Admin
 from proxy.clock import Clock
 from proxy.config import Config, ConfigError, is_loopback, load_config
-from proxy.emulation import emulated_kind
 from proxy.errors import Draining, NoRoute, ProxyError
 from proxy.forward import Outcome, forward
 from proxy.forward_proxy import ForwardProxyServer, route_for, target_of
@@ -39,7 +38,6 @@ from proxy.tls import LocalCA
 from proxy.workers import LockoutBoard
 
 log = structlog.get_logger("auth_proxy")
-access_log = structlog.get_logger("auth_proxy.access")
 
 # Session ids may be JWTs of up to 16,000 characters (protocols §2.3).
 MAX_FIELD_SIZE = 32 * 1024
@@ -245,7 +243,7 @@ class ProxyServer:
             route_base = (
                 None if target is not None else f"{request.scheme}://{request.host}{matched.prefix}"
             )
-            kind = emulated_kind(route, request.method, matched.rest)
+            kind = emulation.emulated_kind(route, request.method, matched.rest)
             response: web.StreamResponse
             if kind is not None:
                 response = await emulation.answer(route, kind, route_base)

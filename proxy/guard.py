@@ -40,10 +40,6 @@ class Guard:
     def __init__(self) -> None:
         self._tokens: tuple[bytes, ...] = ()
 
-    @property
-    def requires_auth(self) -> bool:
-        return bool(self._tokens)
-
     async def load(self, config: Config) -> None:
         """Resolve the client tokens (secret sources) once per config load."""
         if config.client_auth is None:

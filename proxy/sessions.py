@@ -101,7 +101,6 @@ class RouteSessions:
         self._backoff_until = 0.0
         self._backoff_step = 0.0
         self.last_error: str | None = None
-        self.logins = 0
 
     # ------------------------------------------------------------------ request path
 
@@ -216,7 +215,6 @@ class RouteSessions:
         self._backoff_step = 0.0
         self._rejected = None
         self.last_error = None
-        self.logins += 1
         elapsed = time.perf_counter() - started
         self._on_login(self.route, "ok", elapsed)
         log.info(
