@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return print_ca(_load(args.config))
     except ConfigError as exc:
-        print(f"auth-proxy: config error: {exc}", file=sys.stderr)
+        for line in exc.lines:
+            print(f"auth-proxy: config error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"auth-proxy: {exc.strerror or exc}", file=sys.stderr)

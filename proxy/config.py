@@ -2,19 +2,25 @@
 
 ``load_config(path)`` reads the file once, interpolates ``${VAR}`` / ``${VAR:-default}``,
 validates with pydantic (unknown keys are errors) and checks what spans several routes
-(unique names, unambiguous matches, the reserved ``/-/`` prefix). Any problem is a
-``ConfigError`` whose message starts with the key path, e.g.
-``routes[1].auth.password: required``.
+(unique names, unambiguous matches, the reserved ``/-/`` prefix). The result holds no
+dict or list: mappings from the file become tuples of typed pairs, so the model is
+hashable and comparable (a reload compares old and new settings).
+
+Problems are reported all at once in a ``ConfigError``: one line each, in file order,
+starting with the key path, e.g. ``routes[1].auth.password: required``; an unknown key
+names the nearest valid one.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -33,13 +39,23 @@ from proxy.secrets import Secret
 
 
 class ConfigError(Exception):
-    """An invalid config; ``str()`` is the one line shown to the user."""
+    """An invalid config: one line per problem, each starting with its key path."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__(*lines)
+        self.lines = lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
 
 
 # --------------------------------------------------------------------------- helpers
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str]  # a key path and what is wrong there
 
 
 def key_path(loc: Iterable[str | int]) -> str:
@@ -49,7 +65,8 @@ def key_path(loc: Iterable[str | int]) -> str:
     return out or "(top level)"
 
 
-def _interpolate(node: Any, loc: tuple[str | int, ...], env: Mapping[str, str]) -> Any:
+def _interpolate(node: Any, loc: Loc, env: Mapping[str, str], problems: list[Problem]) -> Any:
+    """``node`` with variables substituted; an unset one is a problem and stays as written."""
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -57,15 +74,16 @@ def _interpolate(node: Any, loc: tuple[str | int, ...], env: Mapping[str, str]) 
             value = env.get(name)
             if value is None or (value == "" and default is not None):
                 if default is None:
-                    raise ConfigError(f"{key_path(loc)}: environment variable {name} is not set")
+                    problems.append((loc, f"environment variable {name} is not set"))
+                    return m.group(0)
                 return default
             return value
 
         return _VAR.sub(sub, node)
     if isinstance(node, dict):
-        return {k: _interpolate(v, (*loc, str(k)), env) for k, v in node.items()}
+        return {k: _interpolate(v, (*loc, str(k)), env, problems) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, (*loc, i), env) for i, v in enumerate(node)]
+        return [_interpolate(v, (*loc, i), env, problems) for i, v in enumerate(node)]
     return node
 
 
@@ -119,6 +137,40 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------- upstream
 
 
+class HostPort(NamedTuple):
+    host: str  # lowercase, without IPv6 brackets
+    port: int
+
+
+class ResolveRule(NamedTuple):
+    """One ``resolve`` entry: connections for ``name`` go to ``address`` (curl --resolve)."""
+
+    name: HostPort
+    address: HostPort
+
+
+def _host_port(text: str) -> HostPort | None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return HostPort(host.strip("[]").lower(), int(port))
+
+
+def _parse_resolve(value: Any) -> Any:
+    """The ``{"host:port": "address:port"}`` mapping as sorted typed rules, parsed once here."""
+    if not isinstance(value, Mapping):
+        raise ValueError('must be a mapping like {"name:443": "10.0.0.5:443"}')
+    rules, bad = [], []
+    for key, target in value.items():
+        name, address = _host_port(str(key)), _host_port(str(target))
+        bad += [repr(str(text)) for text, hp in ((key, name), (target, address)) if hp is None]
+        if name is not None and address is not None:
+            rules.append(ResolveRule(name, address))
+    if bad:
+        raise ValueError("; ".join(f"{item} must be host:port" for item in bad))
+    return tuple(sorted(rules))  # one order, so equal maps share a pooled session
+
+
 class UpstreamOverride(_Model):
     """Per-route overrides of the connection defaults; ``None`` means inherit."""
 
@@ -128,21 +180,12 @@ class UpstreamOverride(_Model):
     ca_bundle: str | None = None
     trust_env: bool | None = None
     retry_body_limit: int | None = Field(default=None, ge=0)
-    resolve: dict[str, str] | None = None
+    resolve: tuple[ResolveRule, ...] | None = None
 
     _paths = field_validator("ca_bundle")(_resolve_path)
-
-    @field_validator("resolve")
-    @classmethod
-    def _check_resolve(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return None
-        for key, target in value.items():
-            for item in (key, target):
-                host, sep, port = item.rpartition(":")
-                if not sep or not host or not port.isdigit():
-                    raise ValueError(f"{item!r} must be host:port")
-        return value
+    _resolve = field_validator("resolve", mode="before")(
+        lambda v: None if v is None else _parse_resolve(v)
+    )
 
 
 class UpstreamSettings(_Model):
@@ -152,15 +195,17 @@ class UpstreamSettings(_Model):
     ca_bundle: str | None = None
     trust_env: bool = True
     retry_body_limit: int = Field(default=1_048_576, ge=0)
-    resolve: dict[str, str] = Field(default_factory=dict)
+    resolve: tuple[ResolveRule, ...] = ()
 
     _paths = field_validator("ca_bundle")(_resolve_path)
-    _resolve = field_validator("resolve")(UpstreamOverride._check_resolve.__func__)  # type: ignore[attr-defined]
+    _resolve = field_validator("resolve", mode="before")(_parse_resolve)
 
     def merged(self, override: UpstreamOverride | None) -> UpstreamSettings:
         if override is None:
             return self
-        changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        # getattr, not model_dump(): the dump would turn the typed rules into plain tuples.
+        fields = type(override).model_fields
+        changes = {k: getattr(override, k) for k in fields if getattr(override, k) is not None}
         return self.model_copy(update=changes)
 
 
@@ -188,25 +233,41 @@ class _SessionTuning(_Model):
 SESSION_TUNING_KEYS = frozenset(_SessionTuning.model_fields)
 
 
+def _pod_url(pod: object) -> str:
+    return f"https://{pod}.informaticacloud.com"
+
+
 class _IicsLogin(_SessionTuning):
-    login_url: str | None = None
+    login_url: str  # given, or derived from pod before validation
     pod: str | None = None
 
+    GIVEN_INSTEAD: ClassVar[tuple[str, str]] = ("login_url", "pod")  # for "required" errors
+    _url = field_validator("login_url")(lambda v: _http_url(v, "login_url"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_login_url(cls, data: Any) -> Any:
+        # Not raising here when neither is given: a failing before-validator would hide
+        # every other error in the block; a missing login_url is reported with the rest.
+        if isinstance(data, dict) and data.get("login_url") is None and data.get("pod") is not None:
+            return {**data, "login_url": _pod_url(data["pod"])}
+        return data
+
     @model_validator(mode="after")
-    def _login_host(self) -> _IicsLogin:
-        if (self.login_url is None) == (self.pod is None):
+    def _not_both(self) -> _IicsLogin:
+        if self.pod is not None and self.login_url != _pod_url(self.pod):
             raise ValueError("give exactly one of login_url or pod")
-        if self.login_url is not None:
-            object.__setattr__(self, "login_url", _http_url(self.login_url, "login_url"))
-        else:
-            if not re.fullmatch(r"[a-z0-9-]+", self.pod or ""):
-                raise ValueError(f"pod {self.pod!r} must look like dm-us")
-            object.__setattr__(self, "login_url", f"https://{self.pod}.informaticacloud.com")
         return self
+
+    @field_validator("pod")
+    @classmethod
+    def _pod(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9-]+", value):
+            raise ValueError(f"{value!r} must look like dm-us")
+        return value
 
     @property
     def login_origin(self) -> str:
-        assert self.login_url is not None
         return self.login_url
 
 
@@ -302,21 +363,20 @@ class IdmcJwtAuth(_IicsLogin):
 class _Ivanti(_SessionTuning):
     idle_timeout: float = Field(default=1200, gt=0)
     tenant: str | None = None
-    url: str | None = None
+    url: str  # given, or derived from tenant before validation
 
-    @model_validator(mode="after")
-    def _base(self) -> _Ivanti:
-        if self.url is None:
-            if not self.tenant:
-                raise ValueError("give url or tenant")
-            object.__setattr__(self, "url", f"https://{self.tenant}")
-        else:
-            object.__setattr__(self, "url", _http_url(self.url, "url"))
-        return self
+    GIVEN_INSTEAD: ClassVar[tuple[str, str]] = ("url", "tenant")  # for "required" errors
+    _url = field_validator("url")(lambda v: _http_url(v, "url"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("url") is None and data.get("tenant"):
+            return {**data, "url": f"https://{data['tenant']}"}
+        return data
 
     @property
     def base_url(self) -> str:
-        assert self.url is not None
         return self.url
 
 
@@ -344,10 +404,11 @@ AuthConfig = Annotated[
     | IvantiApiKeyAuth,
     Field(discriminator="type"),
 ]
-AUTH_TYPES = frozenset(
-    get_args(model.model_fields["type"].annotation)[0]
+AUTH_MODELS: dict[str, type[_SessionTuning]] = {
+    get_args(model.model_fields["type"].annotation)[0]: model
     for model in get_args(get_args(AuthConfig)[0])
-)
+}
+AUTH_TYPES = frozenset(AUTH_MODELS)
 
 
 # --------------------------------------------------------------------------- routes
@@ -402,23 +463,41 @@ class Match(_Model):
         return self
 
 
+class Header(NamedTuple):
+    name: str
+    value: str
+
+
 class Route(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     match: Match
     auth: AuthConfig
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: tuple[Header, ...] = ()  # in file order
     allowed_hosts: tuple[str, ...] = ()
     upstream: UpstreamOverride | None = None
 
-    @field_validator("headers")
+    @field_validator("headers", mode="before")
     @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+    def _headers(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a mapping of header name to value")
+        problems: list[str] = []
+        first_spelling: dict[str, str] = {}  # lowercase name -> as first written
         for name, header_value in value.items():
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if any(c in header_value for c in "\r\n\0"):
-                raise ValueError(f"value of {name} contains CR, LF or NUL")
-        return value
+            if not isinstance(name, str) or not _HEADER_NAME.match(name):
+                problems.append(f"{name!r} is not a valid header name")
+            elif name.lower() in first_spelling:
+                first = first_spelling[name.lower()]
+                problems.append(f"{name!r} repeats {first!r} (header names ignore case)")
+            else:
+                first_spelling[name.lower()] = name
+            if not isinstance(header_value, str):
+                problems.append(f"value of {name} must be a string")
+            elif any(c in header_value for c in "\r\n\0"):
+                problems.append(f"value of {name} contains CR, LF or NUL")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tuple(Header(name, header_value) for name, header_value in value.items())
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
@@ -486,43 +565,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _check_routes(config: Config) -> None:
+def _check_routes(config: Config) -> list[Problem]:
+    """What spans several routes: unique names, unambiguous matches."""
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
     prefixes: list[tuple[str, int]] = []
     hosts: dict[str, int] = {}
     ports: dict[int, int] = {}
     for i, route in enumerate(config.routes):
-        where = f"routes[{i}]"
         if route.name in seen:
-            raise ConfigError(
-                f"{where}.name: {route.name!r} is already used by routes[{seen[route.name]}]"
-            )
-        seen[route.name] = i
+            message = f"{route.name!r} is already used by routes[{seen[route.name]}]"
+            problems.append((("routes", i, "name"), message))
+        seen.setdefault(route.name, i)
         m = route.match
+        at: Loc = ("routes", i, "match")
         if m.prefix is not None:
             for other, j in prefixes:
                 if _prefixes_overlap(m.prefix, other):
-                    raise ConfigError(
-                        f"{where}.match.prefix: {m.prefix!r} overlaps routes[{j}] prefix {other!r}"
-                    )
+                    message = f"{m.prefix!r} overlaps routes[{j}] prefix {other!r}"
+                    problems.append(((*at, "prefix"), message))
+                    break
             prefixes.append((m.prefix, i))
         elif m.host is not None:
             for pattern in m.host:
                 if pattern in hosts:
-                    owner = f"routes[{hosts[pattern]}]"
-                    raise ConfigError(
-                        f"{where}.match.host: {pattern!r} is already matched by {owner}"
-                    )
-                hosts[pattern] = i
+                    message = f"{pattern!r} is already matched by routes[{hosts[pattern]}]"
+                    problems.append(((*at, "host"), message))
+                hosts.setdefault(pattern, i)
         elif m.listen is not None:
             port = m.listen.port
             if port == config.listen.port:
-                raise ConfigError(f"{where}.match.listen.port: {port} is the main listener's port")
-            if port in ports:
-                raise ConfigError(
-                    f"{where}.match.listen.port: {port} is already used by routes[{ports[port]}]"
-                )
-            ports[port] = i
+                problems.append(((*at, "listen", "port"), f"{port} is the main listener's port"))
+            elif port in ports:
+                message = f"{port} is already used by routes[{ports[port]}]"
+                problems.append(((*at, "listen", "port"), message))
+            ports.setdefault(port, i)
+    return problems
 
 
 def _prefixes_overlap(a: str, b: str) -> bool:
@@ -531,24 +609,141 @@ def _prefixes_overlap(a: str, b: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
-def _format_validation_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p in AUTH_TYPES)]
-    kind = err["type"]
-    if kind == "missing":
-        message = "required"
-    elif kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind == "too_short":
-        message = "must have at least one entry"
-    elif kind == "union_tag_invalid":
-        message = f"unknown auth type; expected one of {', '.join(sorted(AUTH_TYPES))}"
-    elif kind == "union_tag_not_found":
-        loc.append("type")
-        message = "required"
-    else:
-        message = err["msg"].removeprefix("Value error, ")
-    return f"{key_path(loc)}: {message}"
+# --------------------------------------------------------------------------- messages
+
+# pydantic error types and the words a user reads instead.
+_PLAIN = {
+    "too_short": "must have at least one entry",
+    "string_too_short": "must not be empty",
+    "string_type": "must be a string",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+}
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field holds, through Optional, unions and tuples."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if get_origin(annotation) in (Union, types.UnionType, tuple, Annotated):
+        return [m for arg in get_args(annotation) for m in _models_in(arg)]
+    return []
+
+
+def _models_at(loc: Loc) -> list[type[BaseModel]]:
+    """The model(s) whose fields are valid at ``loc`` (a pydantic location, with tags)."""
+    models: list[type[BaseModel]] = [Config]
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an entry of a tuple: the same models
+        inner = [
+            m
+            for model in models
+            if part in model.model_fields
+            for m in _models_in(model.model_fields[part].annotation)
+        ]
+        if not inner and part in AUTH_MODELS:  # the discriminated union's selected type
+            inner = [AUTH_MODELS[part]]
+        if not inner:
+            return []
+        models = inner
+    return models
+
+
+def _given_instead(loc: Loc) -> str:
+    """For a key that may be replaced by another one (login_url by pod): say so."""
+    for model in _models_at(loc[:-1]):
+        key, other = getattr(model, "GIVEN_INSTEAD", ("", ""))
+        if key == loc[-1]:
+            return f" (or give {other})"
+    return ""
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _clean_loc(loc: Loc) -> Loc:
+    """The key path as written in the file: without pydantic's union tags."""
+    out: list[str | int] = []
+    for part in loc:
+        if out and out[-1] == "auth" and isinstance(part, str) and part in AUTH_MODELS:
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _problems_of(exc: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        loc, kind, ctx = err["loc"], err["type"], err.get("ctx", {})
+        where = _clean_loc(loc)
+        if kind == "too_short" and len(err["input"]) >= ctx.get("min_length", 1):
+            continue  # entries were given, and their own errors say what is wrong
+        if kind == "missing":
+            message = "required" + _given_instead(loc)
+        elif kind == "extra_forbidden":
+            fields = (f for model in _models_at(loc[:-1]) for f in model.model_fields)
+            message = "unknown key" + _did_you_mean(str(loc[-1]), fields)
+        elif kind == "union_tag_invalid":
+            given, valid = str(ctx.get("tag")), list(AUTH_MODELS)
+            where = (*where, "type")
+            message = (
+                f'unknown auth type "{given}"{_did_you_mean(given, valid)}; '
+                f"valid: {', '.join(valid)}"
+            )
+        elif kind == "union_tag_not_found":
+            where, message = (*where, "type"), "required"
+        elif kind in _PLAIN:
+            message = _PLAIN[kind]
+        elif kind == "literal_error":
+            message = f"must be one of {ctx.get('expected')}"
+        elif kind == "string_pattern_mismatch" and where[-1:] == ("name",):
+            message = "may contain only letters, digits, '_', '.' and '-'"
+        else:
+            message = err["msg"].removeprefix("Value error, ").replace("Input should", "must")
+        problems.append((where, message))
+    return problems
+
+
+def _positions(node: Any, loc: Loc = (), out: dict[Loc, int] | None = None) -> dict[Loc, int]:
+    """Each key path in the document, numbered in file order."""
+    out = {} if out is None else out
+    out[loc] = len(out)
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _positions(v, (*loc, str(k)), out)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _positions(v, (*loc, i), out)
+    return out
+
+
+def _report(problems: list[Problem], data: Any) -> ConfigError:
+    """One line per key path (pydantic can report several per union), in file order."""
+    positions = _positions(data)
+
+    def order(problem: Problem) -> int:
+        loc = problem[0]
+        while loc not in positions:  # a missing key sorts with its parent
+            loc = loc[:-1]
+        return positions[loc]
+
+    seen: dict[Loc, str] = {}
+    for loc, message in sorted(problems, key=order):
+        seen.setdefault(loc, message)
+    return ConfigError(*(f"{key_path(loc)}: {message}" for loc, message in seen.items()))
 
 
 def parse_config(
@@ -557,12 +752,18 @@ def parse_config(
     """Validate an already-loaded YAML document."""
     if not isinstance(data, dict):
         raise ConfigError("(top level): the config must be a mapping")
-    data = _interpolate(data, (), os.environ if env is None else env)
+    problems: list[Problem] = []
+    data = _interpolate(data, (), os.environ if env is None else env, problems)
+    unset = [loc for loc, _ in problems]  # what is below these follows from the variable
     try:
         config = Config.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
-    _check_routes(config)
+        found = _problems_of(exc)
+    else:
+        found = _check_routes(config)
+    problems += [p for p in found if not any(p[0][: len(u)] == u for u in unset)]
+    if problems:
+        raise _report(problems, data)
     return config
 
 

@@ -26,7 +26,6 @@ import asyncio
 import http
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -178,7 +177,9 @@ class ForwardProxyServer(ProxyHttpServer):
         settings = app.config.forward_proxy
         self._passthrough: Router[bool] = Router()
         self._passthrough.add_hosts(settings.passthrough, True)
-        self._resolve = _address_map(app.config.upstream.resolve)
+        self._resolve: dict[tuple[str, int], tuple[str, int]] = {
+            rule.name: rule.address for rule in app.config.upstream.resolve
+        }
         self._connect_timeout = app.config.upstream.connect_timeout
         self._open: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -303,16 +304,6 @@ class ForwardProxyServer(ProxyHttpServer):
             remote.write(early)
         transport.resume_reading()
         remote.resume_reading()  # paused until now: a server may speak first
-
-
-def _address_map(resolve: Mapping[str, str]) -> dict[tuple[str, int], tuple[str, int]]:
-    """``upstream.resolve`` as (host, port) → (address, port), as ``MappedResolver`` reads it."""
-    out = {}
-    for key, target in resolve.items():
-        host, _, port = key.rpartition(":")
-        address, _, address_port = target.rpartition(":")
-        out[(host.lower().strip("[]"), int(port))] = (address.strip("[]"), int(address_port))
-    return out
 
 
 # --------------------------------------------------------------------------- protocols

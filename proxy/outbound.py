@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import __version__
-from proxy.config import UpstreamSettings
+from proxy.config import ResolveRule, UpstreamSettings
 from proxy.errors import LoginFailed
 from proxy.flows.base import MAX_LOGIN_BODY, LoginRequest, LoginResponse
 from proxy.watchdog import Watchdog
@@ -60,12 +60,8 @@ class MappedResolver(AbstractResolver):
     from the URL, not from the resolved address.
     """
 
-    def __init__(self, mapping: Mapping[str, str]) -> None:
-        self._map: dict[tuple[str, int], tuple[str, int]] = {}
-        for key, target in mapping.items():
-            host, _, port = key.rpartition(":")
-            addr, _, addr_port = target.rpartition(":")
-            self._map[(host.lower().strip("[]"), int(port))] = (addr.strip("[]"), int(addr_port))
+    def __init__(self, rules: Iterable[ResolveRule]) -> None:
+        self._map: dict[tuple[str, int], tuple[str, int]] = {r.name: r.address for r in rules}
         self._fallback = DefaultResolver()
 
     async def resolve(
@@ -189,16 +185,15 @@ class Outbound:
     """Owns the pooled client sessions; ``client_for`` hands each route its ``RouteClient``."""
 
     def __init__(self) -> None:
-        self._sessions: dict[tuple[tuple[str, str], ...], aiohttp.ClientSession] = {}
+        self._sessions: dict[tuple[ResolveRule, ...], aiohttp.ClientSession] = {}
         self._env_proxies = EnvProxies()
         self.watchdog = Watchdog()
         self._warned_insecure: set[str] = set()
 
     def client_for(self, route: str, settings: UpstreamSettings) -> RouteClient:
-        key = tuple(sorted(settings.resolve.items()))
-        session = self._sessions.get(key)
+        session = self._sessions.get(settings.resolve)
         if session is None:
-            session = self._sessions[key] = self._new_session(settings)
+            session = self._sessions[settings.resolve] = self._new_session(settings)
         if not settings.verify_tls and route not in self._warned_insecure:
             self._warned_insecure.add(route)
             log.warning("tls_verification_disabled", route=route)

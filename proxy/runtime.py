@@ -38,7 +38,7 @@ _ALWAYS_DROPPED = ("icSessionId", "INFA-SESSION-ID", "IDS-SESSION-ID", "Authoriz
 
 
 def _drop_set(route: Route) -> frozenset[str]:
-    return frozenset(n.lower() for n in (*_ALWAYS_DROPPED, *route.headers))
+    return frozenset(n.lower() for n in (*_ALWAYS_DROPPED, *(h.name for h in route.headers)))
 
 
 class Runtime:
@@ -76,7 +76,7 @@ class Runtime:
                 config=route,
                 sessions=sessions,
                 client=client,
-                static_headers=tuple(route.headers.items()),
+                static_headers=route.headers,
                 drop_headers=_drop_set(route),
                 reauth_on=frozenset(route.auth.reauth_on if sessions.flow.can_relogin else ()),
                 retry_body_limit=settings.retry_body_limit,

@@ -34,7 +34,7 @@ IICS = {"type": "iics-password", "pod": "dm-us", "username": "u", "password": "p
         ),
         (one_route({**IICS, "passwrd": "x"}), "routes[0].auth.passwrd: unknown key"),
         (one_route({"pod": "dm-us"}), "routes[0].auth.type: required"),
-        (one_route({"type": "iics-magic"}), "routes[0].auth: unknown auth type"),
+        (one_route({"type": "iics-magic"}), 'routes[0].auth.type: unknown auth type "iics-magic"'),
         (
             one_route({**IICS, "login_url": "https://x"}),
             "routes[0].auth: give exactly one of login_url or pod",
@@ -74,7 +74,11 @@ def test_second_route_errors_carry_its_index() -> None:
     data["routes"].append(
         {"name": "s", "match": {"prefix": "/s"}, "auth": {"type": "iics-password"}}
     )
-    assert error_of(data) == "routes[1].auth.username: required"
+    assert error_of(data).splitlines() == [
+        "routes[1].auth.login_url: required (or give pod)",
+        "routes[1].auth.username: required",
+        "routes[1].auth.password: required",
+    ]
 
 
 @pytest.mark.parametrize(
