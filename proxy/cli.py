@@ -1,7 +1,7 @@
 """Command line: ``auth-proxy [serve|check|demo|sandbox|ca] ...`` (SPEC §2).
 
-Exit codes: 0 ok, 2 invalid config or usage (one line naming the key path, no
-traceback), 1 runtime failure.
+Exit codes: 0 ok, 2 invalid config or usage (one line per problem, each naming its key
+path, no traceback), 1 runtime failure.
 """
 
 from __future__ import annotations
