@@ -22,7 +22,6 @@ STATUS_BY_CODE: dict[str, int] = {
     "upstream_unreachable": 502,
     "upstream_timeout": 504,
     "forbidden": 403,
-    "payload_too_large": 413,
     "bad_request": 400,
     "draining": 503,
 }
@@ -116,10 +115,6 @@ class UpstreamUnreachable(ProxyError):
 
 class UpstreamTimeout(ProxyError):
     code = "upstream_timeout"
-
-
-class PayloadTooLarge(ProxyError):
-    code = "payload_too_large"
 
 
 class Draining(ProxyError):

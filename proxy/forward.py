@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from proxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import UpstreamTimeout, UpstreamUnreachable
 from proxy.logs import VERBOSITY
 from proxy.outbound import _reason
 from proxy.watchdog import Watch
@@ -153,21 +153,20 @@ class Body:
             self.kept = b""
             return
         length = self._request.content_length
-        if length is not None and length <= self._limit:
-            self.kept = await self._request.read()
-            return
-        if length is None:
-            # Chunked: keep it if it ends within the limit, else stream what we have read.
-            size = 0
-            content = self._request.content
-            while size <= self._limit:
-                chunk = await content.readany()
-                if not chunk:
-                    self.kept = b"".join(self._prefix)
-                    self._prefix = []
-                    return
-                self._prefix.append(chunk)
-                size += len(chunk)
+        if length is not None and length > self._limit:
+            return  # streamed as it arrives
+        # Keep it if it ends within the limit, else stream on from what we have read. Not
+        # ``request.read()``: that applies aiohttp's own cap (client_max_size, 1 MiB).
+        size = 0
+        content = self._request.content
+        while size <= self._limit:
+            chunk = await content.readany()
+            if not chunk:
+                self.kept = b"".join(self._prefix)
+                self._prefix = []
+                return
+            self._prefix.append(chunk)
+            size += len(chunk)
 
     @property
     def replayable(self) -> bool:
@@ -205,10 +204,7 @@ async def forward(
     """
     sessions = route.sessions
     body = Body(request, route.retry_body_limit)
-    try:
-        await body.prepare()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge("the request body is too large", route=route.name) from None
+    await body.prepare()
     lease = await sessions.acquire()
     watch = route.client.watchdog.watch(route.client.settings.read_timeout)
     upstream = await _send(
