@@ -24,6 +24,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "forbidden": 403,
     "bad_request": 400,
     "draining": 503,
+    "client_aborted": 499,  # nginx's convention; never sent, the client has gone
 }
 
 
@@ -119,3 +120,17 @@ class UpstreamTimeout(ProxyError):
 
 class Draining(ProxyError):
     code = "draining"
+
+
+class ClientAborted(ProxyError):
+    """The client went away mid-request: logged and counted, never answered.
+
+    ``phase`` is what the client was doing: ``upload`` (sending its body), ``waiting``
+    (for a session or the upstream's answer) or ``download`` (receiving the response).
+    """
+
+    code = "client_aborted"
+
+    def __init__(self, phase: str, *, route: str | None = None) -> None:
+        super().__init__(f"the client went away during the {phase}", route=route)
+        self.phase = phase
