@@ -6,6 +6,7 @@ show a secret. ``POST /-/reload`` changes state, so only loopback clients may ca
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,9 @@ class Admin:
             return response
         if not is_loopback(request.remote or ""):
             return Forbidden("reload is only accepted from a loopback address").to_response()
-        result = await self.server.reload_from_file()
+        # Shielded: a client hanging up cancels its handler, and must not stop a reload
+        # half-way (client tokens loaded, config not swapped).
+        result = await asyncio.shield(self.server.reload_from_file())
         if not result.ok:
             return BadRequest(f"config not reloaded: {result.error}").to_response()
         return _json(

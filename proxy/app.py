@@ -23,7 +23,7 @@ from proxy import emulation
 from proxy.admin import Admin
 from proxy.clock import Clock
 from proxy.config import Config, ConfigError, is_loopback, load_config
-from proxy.errors import Draining, NoRoute, ProxyError
+from proxy.errors import STATUS_BY_CODE, ClientAborted, Draining, NoRoute, ProxyError
 from proxy.forward import Outcome, forward
 from proxy.forward_proxy import ForwardProxyServer, route_for, target_of
 from proxy.guard import OPEN_ADMIN_PATHS, Guard
@@ -160,6 +160,9 @@ class ProxyServer:
                 "max_field_size": MAX_FIELD_SIZE,
                 "max_line_size": MAX_LINE_SIZE,
                 "access_log": None,
+                # A client that hangs up cancels its request, so the upstream exchange
+                # (or the wait for it) is given up at once instead of run to the end.
+                "handler_cancellation": True,
             }
             server = (
                 ForwardProxyServer(handler, app=self, ca=ca, **settings)
@@ -265,13 +268,22 @@ class ProxyServer:
             if route_name:
                 exc.for_route(route_name)
             status = exc.status
-            if exc.code not in ("login_rejected", "login_failed", "login_backoff"):
+            if isinstance(exc, ClientAborted):
+                _client_aborted(route_name, exc.phase)
+            elif exc.code not in ("login_rejected", "login_failed", "login_backoff"):
                 # Login outcomes are logged once by the session manager.
                 log.warning("request_failed", route=route_name, code=exc.code, reason=exc.message)
             answer = exc.to_response()
             if self.draining:
                 answer.force_close()  # no keep-alive: the client's next try must reconnect
             return answer
+        except asyncio.CancelledError:
+            # The client hung up (aiohttp cancels the handler and drops the transport), or
+            # the drain ran out and shutdown cancelled the straggler.
+            if request.transport is not None or self.draining:
+                raise
+            status = _client_aborted(route_name, outcome.phase(request))
+            raise
         finally:
             self._leave()
             elapsed = time.perf_counter() - started
@@ -400,6 +412,12 @@ class ProxyServer:
             await asyncio.wait_for(asyncio.gather(*tasks), LOGOUT_BUDGET)
         except TimeoutError:
             log.warning("logout_timeout", seconds=LOGOUT_BUDGET)
+
+
+def _client_aborted(route: str | None, phase: str) -> int:
+    """Log a client that went away; the status its request is logged and counted with."""
+    log.info("client_aborted", route=route, phase=phase)
+    return STATUS_BY_CODE["client_aborted"]
 
 
 def _listeners(config: Config) -> set[tuple[str, int]]:

@@ -22,9 +22,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "upstream_unreachable": 502,
     "upstream_timeout": 504,
     "forbidden": 403,
-    "payload_too_large": 413,
     "bad_request": 400,
     "draining": 503,
+    "client_aborted": 499,  # nginx's convention; never sent, the client has gone
 }
 
 
@@ -118,9 +118,19 @@ class UpstreamTimeout(ProxyError):
     code = "upstream_timeout"
 
 
-class PayloadTooLarge(ProxyError):
-    code = "payload_too_large"
-
-
 class Draining(ProxyError):
     code = "draining"
+
+
+class ClientAborted(ProxyError):
+    """The client went away mid-request: logged and counted, never answered.
+
+    ``phase`` is what the client was doing: ``upload`` (sending its body), ``waiting``
+    (for a session or the upstream's answer) or ``download`` (receiving the response).
+    """
+
+    code = "client_aborted"
+
+    def __init__(self, phase: str, *, route: str | None = None) -> None:
+        super().__init__(f"the client went away during the {phase}", route=route)
+        self.phase = phase

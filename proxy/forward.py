@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from proxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ClientAborted, UpstreamTimeout, UpstreamUnreachable
 from proxy.logs import VERBOSITY
 from proxy.outbound import _reason
 from proxy.watchdog import Watch
@@ -61,6 +61,13 @@ class Outcome:
 
     upstream_seconds: float = 0.0
     replayed: bool = False
+    responding: bool = False  # the response's headers went to the client
+
+    def phase(self, request: web.BaseRequest) -> str:
+        """What the client was doing when it went away (see ``ClientAborted``)."""
+        if self.responding:
+            return "download"
+        return "waiting" if request.content.is_eof() else "upload"
 
 
 def request_headers(
@@ -139,7 +146,11 @@ def rewrite_location(value: str, base: str, route_base: str) -> str:
 
 
 class Body:
-    """A request body: kept in memory when it may need a replay, else streamed once."""
+    """A request body: kept in memory when it may need a replay, else streamed once.
+
+    A client that hangs up mid-body cancels the whole request (aiohttp's
+    ``handler_cancellation``, set in app.py), so a broken read never surfaces here.
+    """
 
     def __init__(self, request: web.BaseRequest, limit: int) -> None:
         self._request = request
@@ -153,21 +164,20 @@ class Body:
             self.kept = b""
             return
         length = self._request.content_length
-        if length is not None and length <= self._limit:
-            self.kept = await self._request.read()
-            return
-        if length is None:
-            # Chunked: keep it if it ends within the limit, else stream what we have read.
-            size = 0
-            content = self._request.content
-            while size <= self._limit:
-                chunk = await content.readany()
-                if not chunk:
-                    self.kept = b"".join(self._prefix)
-                    self._prefix = []
-                    return
-                self._prefix.append(chunk)
-                size += len(chunk)
+        if length is not None and length > self._limit:
+            return  # streamed as it arrives
+        # Keep it if it ends within the limit, else stream on from what we have read. Not
+        # ``request.read()``: that applies aiohttp's own cap (client_max_size, 1 MiB).
+        size = 0
+        content = self._request.content
+        while size <= self._limit:
+            chunk = await content.readany()
+            if not chunk:
+                self.kept = b"".join(self._prefix)
+                self._prefix = []
+                return
+            self._prefix.append(chunk)
+            size += len(chunk)
 
     @property
     def replayable(self) -> bool:
@@ -205,10 +215,7 @@ async def forward(
     """
     sessions = route.sessions
     body = Body(request, route.retry_body_limit)
-    try:
-        await body.prepare()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge("the request body is too large", route=route.name) from None
+    await body.prepare()
     lease = await sessions.acquire()
     watch = route.client.watchdog.watch(route.client.settings.read_timeout)
     upstream = await _send(
@@ -313,9 +320,11 @@ async def _stream_back(
                 # Read it whole: headers and body then leave in a single write.
                 with watch:
                     payload = await upstream.read()
+                outcome.responding = True
                 await response.prepare(request)
                 await response.write_eof(payload)
                 return response
+            outcome.responding = True
             await response.prepare(request)
             content = upstream.content
             with watch:
@@ -326,6 +335,13 @@ async def _stream_back(
                         break
                     watch.pause()  # a slow client is not a stalled upstream
                     await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            # A write to the client's closing connection (aiohttp's
+            # ClientConnectionResetError), just before its hang-up cancels us. Reads from
+            # the upstream never raise it: aiohttp reports ClientPayloadError,
+            # ServerDisconnectedError or ClientOSError.
+            raise ClientAborted("download") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             if not response.prepared:
                 host = upstream.url.host
@@ -341,8 +357,6 @@ async def _stream_back(
             log.warning("upstream_failed_mid_body", route=route.name, error=type(exc).__name__)
             if request.transport is not None:
                 request.transport.abort()
-            return response
-        await response.write_eof()
         return response
     finally:
         upstream.release()

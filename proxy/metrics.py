@@ -24,6 +24,7 @@ UNROUTED = ""  # the route label of requests that matched no route
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOGIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+CLIENT_ABORTED = 499  # nginx's convention: its own label, so neither 4xx nor 5xx alerts see it
 
 SessionSource = Callable[[], Iterable[tuple[str, SessionStatus]]]
 
@@ -31,10 +32,11 @@ SessionSource = Callable[[], Iterable[tuple[str, SessionStatus]]]
 class _RouteChildren:
     """The pre-made labelled series one route's requests update."""
 
-    __slots__ = ("by_class", "latency", "replays")
+    __slots__ = ("aborted", "by_class", "latency", "replays")
 
     def __init__(self, metrics: Metrics, route: str) -> None:
         self.by_class = {int(cls[0]): metrics.requests.labels(route, cls) for cls in STATUS_CLASSES}
+        self.aborted = metrics.requests.labels(route, str(CLIENT_ABORTED))
         self.latency = metrics.request_seconds.labels(route)
         self.replays = metrics.replays.labels(route)
 
@@ -83,7 +85,7 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "auth_proxy_requests",
-            "Requests answered, by route and status class.",
+            "Requests answered, by route and status class; 499: the client went away.",
             ["route", "status"],
             registry=r,
         )
@@ -138,7 +140,9 @@ class Metrics:
 
     def request(self, route: str | None, status: int, seconds: float, replayed: bool) -> None:
         children = self._routes.get(route or UNROUTED, self._unrouted)
-        counter = children.by_class.get(status // 100)
+        counter = (
+            children.aborted if status == CLIENT_ABORTED else children.by_class.get(status // 100)
+        )
         if counter is None:  # 1xx: rare enough to make its series on first use
             counter = self.requests.labels(route or UNROUTED, f"{status // 100}xx")
         counter.inc()
