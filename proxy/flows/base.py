@@ -136,7 +136,9 @@ class Flow:
         """The configured login host, if the flow has one (for login emulation/admin)."""
         return None
 
-    #: client paths (after the route prefix) answered by the proxy, POST only: path → kind
+    #: client paths (after the route prefix) the proxy answers itself: route key → kind.
+    #: Keys are route keys (``proxy.paths.route_key``: lowercase, no trailing slash), as
+    #: requests are matched however the vendor may read their path.
     emulated_paths: ClassVar[dict[str, str]] = {}
 
     def emulate(self, kind: str, session: Session | None, public_base: str | None) -> Emulated:

@@ -64,11 +64,13 @@ class IicsFlow(Flow):
     auth: Any  # one of the IICS auth configs; each has login_origin
 
     emulated_paths: ClassVar[dict[str, str]] = {
-        **{f"/ma/api/v2/user/{name}": "v2-login" for name in V2_LOGINS},
+        **{f"/ma/api/v2/user/{name.lower()}": "v2-login" for name in V2_LOGINS},
         "/saas/public/core/v3/login": "v3-login",
         "/ma/api/v2/user/logout": "logout",
         "/saas/api/v2/user/logout": "logout",
         "/saas/public/core/v3/logout": "logout",
+        # The session id is also an identity-service session (sent as IDS-SESSION-ID).
+        "/identity-service/api/v1/logout": "logout",
         "/ma/api/v2/user/logoutall": "logoutall",
         "/saas/api/v2/user/logoutall": "logoutall",
     }
