@@ -47,7 +47,7 @@ def vendor_paths(path: str) -> tuple[str, ...]:
 
 
 def is_plain(path: str) -> bool:
-    """True when every reading of ``path`` is its route key: the common, fast case."""
+    """True when nothing in ``path`` can be read two ways: the common, fast case."""
     return (
         "%" not in path
         and ";" not in path
@@ -88,7 +88,7 @@ def _decode_all(path: str) -> str:
 
 
 def _resolve(segments: list[str]) -> str:
-    """Join ``segments`` (the first is the empty one before the leading slash) resolved."""
+    """``/`` and ``segments`` joined, without empty and ``.`` ones, each ``..`` applied."""
     out: list[str] = []
     for segment in segments:
         if segment in ("", "."):
