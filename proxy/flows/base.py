@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
+import re
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
+
+from yarl import URL
 
 from proxy.errors import LoginFailed, LoginRejected, UntrustedUpstream
 from proxy.secrets import Secret
@@ -136,7 +140,9 @@ class Flow:
         """The configured login host, if the flow has one (for login emulation/admin)."""
         return None
 
-    #: client paths (after the route prefix) answered by the proxy, POST only: path → kind
+    #: client paths (after the route prefix) the proxy answers itself: route key → kind.
+    #: Keys are route keys (``proxy.paths.route_key``: lowercase, no trailing slash), as
+    #: requests are matched however the vendor may read their path.
     emulated_paths: ClassVar[dict[str, str]] = {}
 
     def emulate(self, kind: str, session: Session | None, public_base: str | None) -> Emulated:
@@ -225,27 +231,110 @@ def require_str(data: Any, key: str, what: str) -> str:
     return value
 
 
-def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LoginFailed(f"the login answer names an unusable URL ({parts.scheme or 'no'} scheme)")
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+@dataclass(frozen=True, slots=True)
+class UsableUrl:
+    """A server URL as the HTTP client will use it: scheme, ASCII host, port, path."""
+
+    scheme: str
+    host: str  # lowercase, IDNA-encoded, no trailing dot; an IPv6 address without brackets
+    port: int | None  # None for the scheme's default
+    path: str  # percent-encoded, no trailing slash
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}" + ("" if self.port is None else f":{self.port}")
+
+    def __str__(self) -> str:
+        return self.origin + self.path
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def server_url(url: str) -> UsableUrl:
+    """``url`` from a login answer, read by yarl as the HTTP client (aiohttp) will read it.
+
+    Checked before the SSRF guard, so that the host it checks is the host that would be
+    contacted, and so that a URL the client cannot use fails the login (retried with
+    backoff) instead of failing every request later. Parsers disagree about spaces,
+    control characters and user info, so those are refused outright.
+    """
+    if _SPACE_OR_CONTROL.search(url):
+        raise _unusable("it contains a space or a control character")
+    authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
+    if "@" in authority:
+        raise _unusable("it carries a user name or password")  # never shown: a secret
+    try:
+        parsed = URL(url)
+        host, port = parsed.raw_host, parsed.explicit_port
+    except UnicodeError:  # IDNA encoding of the host failed
+        raise _unusable("its host name is not valid IDNA") from None
+    except ValueError as exc:
+        raise _unusable(f"the HTTP client cannot parse it: {exc}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise _unusable(f"its scheme is {parsed.scheme or 'missing'}, not http or https")
+    host = (host or "").rstrip(".")
+    if not host:
+        raise _unusable("it has no host")
+    if not _valid_host(host):
+        raise _unusable(f"its host {host!r} is not a valid host name or address")
+    if port is not None:
+        text = authority.rpartition(":")[2]
+        if not (text.isascii() and text.isdigit()) or not 0 < port < 65536:
+            raise _unusable(f"its port {text!r} is not a number from 1 to 65535")
+        if parsed.is_default_port():
+            port = None
+    return UsableUrl(parsed.scheme, host, port, parsed.raw_path.rstrip("/"))
+
+
+def _valid_host(host: str) -> bool:
+    if ":" in host:  # an IPv6 address; a zone ("%eth0") names no remote host
+        return "%" not in host and _ip_address(host) is not None
+    return len(host) <= 253 and all(_valid_label(label) for label in host.split("."))
+
+
+def _valid_label(label: str) -> bool:
+    if not _HOST_LABEL.fullmatch(label):
+        return False
+    if not label.startswith("xn--"):
+        return True
+    try:  # an A-label must decode, or the name is no name at all
+        label.encode("ascii").decode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _unusable(reason: str) -> LoginFailed:
+    # The reason may quote the vendor's host: keep it printable, short and ASCII.
+    text = reason.encode("ascii", "backslashreplace").decode()[:200]
+    return LoginFailed(f"the login answer names a server URL the proxy cannot use: {text}")
 
 
 def host_of(url: str) -> str:
     return (urlsplit(url).hostname or "").lower().rstrip(".")
 
 
-def trust_upstream(url: str, login_url: str, allowed_hosts: tuple[str, ...]) -> str:
-    """The origin of ``url`` if the route may follow it (SPEC §5 SSRF guard).
+def trust_upstream(url: str, login_url: str, allowed_hosts: tuple[str, ...]) -> UsableUrl:
+    """``url`` as the client will use it, if the route may follow it (SPEC §5 SSRF guard).
 
-    Trusted: the login host, a subdomain of it, or a host in ``allowed_hosts``
-    (``*.name`` patterns allowed). Ports are ignored.
+    Trusted: the login host, a subdomain of it (unless it is an IP address, which has
+    none), or a host in ``allowed_hosts`` (``*.name`` patterns allowed). Ports are ignored.
     """
-    origin = origin_of(url)
-    host, login_host = host_of(url), host_of(login_url)
-    if host == login_host or host.endswith("." + login_host) or host_matches(host, allowed_hosts):
-        return origin
+    usable = server_url(url)
+    host, login_host = usable.host, host_of(login_url)
+    subdomain = host.endswith("." + login_host) and _ip_address(login_host) is None
+    if host == login_host or subdomain or host_matches(host, allowed_hosts):
+        return usable
     raise UntrustedUpstream(
         f"the login answer points at {host}, which is neither the login host {login_host} "
         "nor in allowed_hosts; it was not contacted"

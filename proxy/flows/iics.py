@@ -64,11 +64,13 @@ class IicsFlow(Flow):
     auth: Any  # one of the IICS auth configs; each has login_origin
 
     emulated_paths: ClassVar[dict[str, str]] = {
-        **{f"/ma/api/v2/user/{name}": "v2-login" for name in V2_LOGINS},
+        **{f"/ma/api/v2/user/{name.lower()}": "v2-login" for name in V2_LOGINS},
         "/saas/public/core/v3/login": "v3-login",
         "/ma/api/v2/user/logout": "logout",
         "/saas/api/v2/user/logout": "logout",
         "/saas/public/core/v3/logout": "logout",
+        # The session id is also an identity-service session (sent as IDS-SESSION-ID).
+        "/identity-service/api/v1/logout": "logout",
         "/ma/api/v2/user/logoutall": "logoutall",
         "/saas/api/v2/user/logoutall": "logoutall",
     }
@@ -78,7 +80,7 @@ class IicsFlow(Flow):
         return str(self.auth.login_origin)
 
     def session_from(self, session_id: str, server_url: str, user: dict[str, Any]) -> Session:
-        upstream = trust_upstream(server_url, self.login_origin, self.allowed_hosts)
+        usable = trust_upstream(server_url, self.login_origin, self.allowed_hosts)
         org = user.get("orgUuid") or user.get("orgId")
         return Session(
             headers=(
@@ -86,7 +88,7 @@ class IicsFlow(Flow):
                 ("INFA-SESSION-ID", session_id),
                 ("IDS-SESSION-ID", session_id),
             ),
-            upstream=upstream,
+            upstream=usable.origin,
             alt_upstreams=tuple((p, self.login_origin) for p in LOGIN_HOST_PATHS),
             default_headers=(("Accept", "application/json"),),
             hard_expiry=jwt_exp(session_id),
@@ -95,7 +97,7 @@ class IicsFlow(Flow):
             secrets=(session_id,),
             data={
                 "session_id": session_id,
-                "server_url": server_url,
+                "server_url": str(usable),
                 "profile": {k: user[k] for k in PROFILE_FIELDS if k in user},
             },
         )
