@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proxy.config import is_loopback
-from proxy.errors import BadRequest, Forbidden, NoRoute, ProxyError
+from proxy.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
 from proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -57,9 +57,7 @@ class Admin:
 
     async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != "POST":
-            answer = ProxyError("use POST to reload the config", code="method_not_allowed")
-            response = answer.to_response()
-            response.set_status(405)
+            response = MethodNotAllowed("use POST to reload the config").to_response()
             response.headers["Allow"] = "POST"
             return response
         if not is_loopback(request.remote or ""):

@@ -24,6 +24,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "forbidden": 403,
     "payload_too_large": 413,
     "bad_request": 400,
+    "method_not_allowed": 405,
     "draining": 503,
 }
 
@@ -85,6 +86,10 @@ class Forbidden(ProxyError):
 
 class BadRequest(ProxyError):
     code = "bad_request"
+
+
+class MethodNotAllowed(ProxyError):
+    code = "method_not_allowed"
 
 
 class LoginRejected(ProxyError):

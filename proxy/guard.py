@@ -8,7 +8,8 @@
   name/address or a host a route matches; a web page that rebinds its own name to
   127.0.0.1 is refused.
 - Request targets that are not a plain origin-form path (absolute-form, ``CONNECT``,
-  ``*``) and paths with broken percent-encoding are refused before any routing.
+  ``*``) and paths with broken percent-encoding are refused before any routing, and so
+  are ``TRACE``/``TRACK``, which would echo the injected session back.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Config, is_loopback
-from proxy.errors import BadRequest, ClientUnauthorized, Forbidden
+from proxy.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
 from proxy.routing import Router
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ECHO_METHODS = frozenset({"TRACE", "TRACK"})
 # Probes must work without credentials (container health checks, load balancers).
 OPEN_ADMIN_PATHS = frozenset({"/-/healthz", "/-/readyz"})
 
@@ -50,6 +52,8 @@ class Guard:
         )
 
     def check_target(self, request: web.BaseRequest, path: str) -> None:
+        if request.method in _ECHO_METHODS:
+            raise MethodNotAllowed(f"{request.method} is not accepted: it would echo credentials")
         if request.method == "CONNECT" or not path.startswith("/"):
             raise Forbidden(
                 "this listener accepts only origin-form requests (/path); "
