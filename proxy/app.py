@@ -27,7 +27,7 @@ from proxy.errors import Draining, NoRoute, ProxyError
 from proxy.forward import Outcome, forward
 from proxy.forward_proxy import ForwardProxyServer, route_for, target_of
 from proxy.guard import OPEN_ADMIN_PATHS, Guard
-from proxy.httpserver import ProxyHttpServer
+from proxy.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer
 from proxy.logs import ACCESS_LOG, REDACTOR
 from proxy.metrics import Metrics
 from proxy.outbound import Outbound
@@ -104,6 +104,7 @@ class ProxyServer:
         self.admin = Admin(self)
         self.guard = Guard()
         self.draining = False
+        self.header_timeout = HEADER_TIMEOUT  # read by start()
         self.listeners: list[Listener] = []
         self._runners: list[web.ServerRunner] = []
         self._inflight = 0
@@ -160,6 +161,8 @@ class ProxyServer:
                 "max_field_size": MAX_FIELD_SIZE,
                 "max_line_size": MAX_LINE_SIZE,
                 "access_log": None,
+                "keepalive_timeout": KEEPALIVE_TIMEOUT,
+                "header_timeout": self.header_timeout,
             }
             server = (
                 ForwardProxyServer(handler, app=self, ca=ca, **settings)

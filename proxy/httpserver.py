@@ -5,19 +5,28 @@ headers) and unexpected handler crashes get the same JSON error body and
 ``X-Auth-Proxy-Error`` header as every other proxy error, are logged once through
 structlog (never with the offending bytes, which may hold a credential), and leave the
 server serving.
+
+Slow clients cannot hold connections open for long: a request's line and headers must
+arrive within ``HEADER_TIMEOUT`` of its first byte (of the connection's start, for the
+first request), and an idle keep-alive connection is closed after ``KEEPALIVE_TIMEOUT``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
 from aiohttp import http_exceptions, web
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import BadRequest, ProxyError
 
 log = structlog.get_logger("auth_proxy.http")
+
+HEADER_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 75.0  # aiohttp's own default is an hour
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -33,6 +42,54 @@ def _describe(exc: BaseException | None) -> str:
 
 
 class _Handler(RequestHandler):
+    def __init__(
+        self, manager: web.Server, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body: StreamReader | None = None  # of the last request whose head arrived
+
+    # A request head is awaited from the connection's start, and from the first byte
+    # after the previous request's body; aiohttp only bounds a connection's idle time.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and self._awaiting_head():
+            self._arm_head_timer()
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:  # a head arrived, or failed to parse
+            self._stop_head_timer()
+            self._body = self._messages[-1][1] if self._messages else None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _awaiting_head(self) -> bool:
+        if self._force_close or self._close or self._upgraded or self._payload_parser is not None:
+            return False
+        return self._body is None or self._body.is_eof()
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._request_in_progress:
+            return  # a pipelined head; the keep-alive timeout bounds it after this answer
+        log.info("header_timeout", seconds=self._header_timeout)
+        self.force_close()
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -58,6 +115,10 @@ class _Handler(RequestHandler):
 class ProxyHttpServer(web.Server):
     """``web.Server`` whose connections use ``_Handler``."""
 
+    def __init__(self, handler: Any, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self.header_timeout = header_timeout
+
     def __call__(self) -> RequestHandler:
         kwargs: dict[str, Any] = self._kwargs
-        return _Handler(self, loop=self._loop, **kwargs)
+        return _Handler(self, loop=self._loop, header_timeout=self.header_timeout, **kwargs)
