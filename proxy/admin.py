@@ -1,7 +1,8 @@
 """Admin endpoints under the reserved ``/-/`` prefix (SPEC §8).
 
 ``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
-show a secret. ``POST /-/reload`` changes state, so only loopback clients may call it.
+show a secret. ``POST /-/reload`` changes state, so only loopback clients may call it,
+with a request no HTML form can send (``guard.check_state_change``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from proxy.config import is_loopback
 from proxy.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
+from proxy.guard import check_state_change
 from proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class Admin:
             return response
         if not is_loopback(request.remote or ""):
             return Forbidden("reload is only accepted from a loopback address").to_response()
+        check_state_change(request)  # raises; rendered by the request handler
         result = await self.server.reload_from_file()
         if not result.ok:
             return BadRequest(f"config not reloaded: {result.error}").to_response()

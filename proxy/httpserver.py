@@ -9,6 +9,7 @@ server serving.
 Slow clients cannot hold connections open for long: a request's line and headers must
 arrive within ``HEADER_TIMEOUT`` of its first byte (of the connection's start, for the
 first request), and an idle keep-alive connection is closed after ``KEEPALIVE_TIMEOUT``.
+Responses to an allowed browser origin get their CORS headers here, whoever made them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from typing import Any
 
 import structlog
 from aiohttp import http_exceptions, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from proxy import cors
 from proxy.errors import BadRequest, ProxyError
 
 log = structlog.get_logger("auth_proxy.http")
@@ -39,6 +43,24 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, http_exceptions.InvalidURLError):
         return "the request target is malformed"
     return "the request is not valid HTTP"
+
+
+class ProxyRequest(web.BaseRequest):
+    """A request whose responses may be made readable by an allowed browser origin."""
+
+    cors_origin: str | None = None
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # aiohttp calls this as any response starts, including one that forwarding
+        # streams itself: the one place where every response to the request passes.
+        if self.cors_origin is not None:
+            cors.allow(response.headers, self.cors_origin)
+
+
+def allow_cors(request: web.BaseRequest, origin: str) -> None:
+    """Give every response to ``request`` the CORS headers for ``origin``."""
+    assert isinstance(request, ProxyRequest)  # every request comes from ProxyHttpServer
+    request.cors_origin = origin
 
 
 class _Handler(RequestHandler):
@@ -113,11 +135,21 @@ class _Handler(RequestHandler):
 
 
 class ProxyHttpServer(web.Server):
-    """``web.Server`` whose connections use ``_Handler``."""
+    """``web.Server`` whose connections use ``_Handler`` and make ``ProxyRequest``s."""
 
     def __init__(self, handler: Any, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any):
-        super().__init__(handler, **kwargs)
+        super().__init__(handler, request_factory=self._proxy_request, **kwargs)
         self.header_timeout = header_timeout
+
+    def _proxy_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> ProxyRequest:
+        return ProxyRequest(message, payload, protocol, writer, task, self._loop)
 
     def __call__(self) -> RequestHandler:
         kwargs: dict[str, Any] = self._kwargs
