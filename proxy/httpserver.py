@@ -80,13 +80,14 @@ class _Handler(RequestHandler):
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self._awaiting_head():
-            self._arm_head_timer()
+        starts_head = self._head_timer is None and self._awaiting_head()
         heads = self._request_count
         super().data_received(data)
         if self._request_count != heads:  # a head arrived, or failed to parse
             self._stop_head_timer()
             self._body = self._messages[-1][1] if self._messages else None
+        elif starts_head:  # armed only for a head split across reads: most come whole
+            self._arm_head_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
