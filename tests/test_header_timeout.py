@@ -26,22 +26,29 @@ SLOW_HEAD = b"GET /up/" + b"a" * 48  # never completes; 56 bytes take ~11 s at P
 
 
 async def trickle(port: int, data: bytes) -> bool:
-    """Send ``data`` a byte at a time; True when the proxy closed the connection first."""
+    """On a new connection: True when the proxy closed it before ``data`` was sent."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        for byte in data:
-            writer.write(bytes([byte]))
-            try:
-                await writer.drain()
-                if await asyncio.wait_for(reader.read(1), PACE) == b"":
-                    return True
-            except TimeoutError:
-                continue  # still open: the next byte
-            except ConnectionError:
-                return True
-        return False
+        return await trickle_on(reader, writer, data)
     finally:
         writer.close()
+
+
+async def trickle_on(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+) -> bool:
+    """Send ``data`` a byte at a time; True when the proxy closed the connection first."""
+    for byte in data:
+        writer.write(bytes([byte]))
+        try:
+            await writer.drain()
+            if await asyncio.wait_for(reader.read(1), PACE) == b"":
+                return True
+        except TimeoutError:
+            continue  # still open: the next byte
+        except ConnectionError:
+            return True
+    return False
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> bytes:
@@ -91,8 +98,10 @@ async def test_slow_request_heads_are_cut_off_while_others_are_served(
     cut_off = await asyncio.gather(*slow)
     assert all(cut_off), f"{cut_off.count(False)} of 50 slow clients kept their connection"
 
-    # The idle connection outlived the slow ones, and serves its next request.
+    # The idle connection outlived the slow ones, and serves its next request...
     assert await exchange(*idle, "/up/second") == b"HTTP/1.1 200 OK"
+    # ...but its next head, once begun, is held to the same bound.
+    assert await trickle_on(*idle, SLOW_HEAD)
     idle[1].close()
     assert [r.path for r in upstream.seen] == ["/first", "/meanwhile", "/second"]
 
