@@ -1,7 +1,8 @@
 """Admin endpoints under the reserved ``/-/`` prefix (SPEC §8).
 
 ``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
-show a secret. ``POST /-/reload`` changes state, so only loopback clients may call it.
+show a secret. ``POST /-/reload`` changes state, so only loopback clients may call it,
+with a request no HTML form can send (``guard.check_state_change``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proxy.config import is_loopback
-from proxy.errors import BadRequest, Forbidden, NoRoute, ProxyError
+from proxy.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
+from proxy.guard import check_state_change
 from proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -58,13 +60,12 @@ class Admin:
 
     async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != "POST":
-            answer = ProxyError("use POST to reload the config", code="method_not_allowed")
-            response = answer.to_response()
-            response.set_status(405)
+            response = MethodNotAllowed("use POST to reload the config").to_response()
             response.headers["Allow"] = "POST"
             return response
         if not is_loopback(request.remote or ""):
             return Forbidden("reload is only accepted from a loopback address").to_response()
+        check_state_change(request)  # raises; rendered by the request handler
         # Shielded: a client hanging up cancels its handler, and must not stop a reload
         # half-way (client tokens loaded, config not swapped).
         result = await asyncio.shield(self.server.reload_from_file())

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy import emulation
+from proxy import cors, emulation
 from proxy.admin import Admin
 from proxy.clock import Clock
 from proxy.config import Config, ConfigError, is_loopback, load_config
@@ -27,7 +27,7 @@ from proxy.errors import STATUS_BY_CODE, ClientAborted, Draining, NoRoute, Proxy
 from proxy.forward import Outcome, forward
 from proxy.forward_proxy import ForwardProxyServer, route_for, target_of
 from proxy.guard import OPEN_ADMIN_PATHS, Guard
-from proxy.httpserver import ProxyHttpServer
+from proxy.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer, allow_cors
 from proxy.logs import ACCESS_LOG, REDACTOR
 from proxy.metrics import Metrics
 from proxy.outbound import Outbound
@@ -104,6 +104,7 @@ class ProxyServer:
         self.admin = Admin(self)
         self.guard = Guard()
         self.draining = False
+        self.header_timeout = HEADER_TIMEOUT  # read by start()
         self.listeners: list[Listener] = []
         self._runners: list[web.ServerRunner] = []
         self._inflight = 0
@@ -163,6 +164,8 @@ class ProxyServer:
                 # A client that hangs up cancels its request, so the upstream exchange
                 # (or the wait for it) is given up at once instead of run to the end.
                 "handler_cancellation": True,
+                "keepalive_timeout": KEEPALIVE_TIMEOUT,
+                "header_timeout": self.header_timeout,
             }
             server = (
                 ForwardProxyServer(handler, app=self, ca=ca, **settings)
@@ -209,7 +212,7 @@ class ProxyServer:
         target = target_of(request) if forward_proxy else None
         path, _, query = (request.raw_path if target is None else target.path).partition("?")
         if target is None and path in OPEN_ADMIN_PATHS:
-            return await self.admin.handle(request, path)
+            return await self._probe(request, path)
         runtime = self.runtime
         outcome = Outcome()
         route_name: str | None = None
@@ -217,6 +220,10 @@ class ProxyServer:
         request_id = request.headers.get("X-Request-ID") or self._next_request_id()
         self._enter()
         try:
+            preflight = self._check_browser(request)
+            if preflight is not None:
+                status = preflight.status
+                return preflight
             guard = self.guard
             guard.check_target(request, path)
             if target is not None:
@@ -300,6 +307,22 @@ class ProxyServer:
                     outcome.replayed,
                     request_id,
                 )
+
+    def _check_browser(self, request: web.BaseRequest) -> web.Response | None:
+        """Refuse cross-site requests; answer an allowed origin's preflight (or None)."""
+        origin = self.guard.check_origin(request.headers)
+        if origin is None:
+            return None
+        allow_cors(request, origin)
+        return cors.preflight(request) if cors.is_preflight(request) else None
+
+    async def _probe(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        """Health probes skip the access log and metrics, but not the cross-site rule."""
+        try:
+            preflight = self._check_browser(request)
+        except ProxyError as exc:
+            return exc.to_response()
+        return preflight or await self.admin.handle(request, path)
 
     def _next_request_id(self) -> str:
         """Unique per process run: a random prefix and a counter (cheaper than uuid4)."""

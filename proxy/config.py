@@ -541,6 +541,34 @@ class ForwardProxy(_Model):
     _hosts = field_validator("passthrough", mode="before")(Match._hosts.__func__)  # type: ignore[attr-defined]
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _browser_origin(value: Any) -> str:
+    """``scheme://host[:port]`` as browsers serialise it in ``Origin``, so equality works."""
+    shape = "must be an origin like https://portal.example.com (scheme://host[:port])"
+    if not isinstance(value, str):
+        raise ValueError(shape)
+    if value.strip().lower() == "null":
+        raise ValueError("'null' cannot be allowed: every sandboxed or file:// page sends it")
+    parts = urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r}: the port is not a number from 0 to 65535") from None
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", parts.scheme) or not parts.hostname:
+        raise ValueError(f"{value!r} {shape}")
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"{value!r} {shape}: no path, query or user name")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is None or port == _DEFAULT_PORTS.get(parts.scheme):
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+BrowserOrigin = Annotated[str, PlainValidator(_browser_origin)]
+
+
 class Config(_Model):
     listen: Listen = Field(default_factory=Listen)
     workers: int = Field(default=1, ge=1, le=64)
@@ -550,6 +578,7 @@ class Config(_Model):
     shutdown_timeout: float = Field(default=30, ge=0)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     forward_proxy: ForwardProxy = Field(default_factory=dict, validate_default=True)
+    allowed_origins: tuple[BrowserOrigin, ...] = ()
     routes: tuple[Route, ...] = Field(min_length=1)
 
     def upstream_for(self, route: Route) -> UpstreamSettings:

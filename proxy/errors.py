@@ -23,6 +23,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "upstream_timeout": 504,
     "forbidden": 403,
     "bad_request": 400,
+    "method_not_allowed": 405,
     "draining": 503,
     "client_aborted": 499,  # nginx's convention; never sent, the client has gone
 }
@@ -85,6 +86,10 @@ class Forbidden(ProxyError):
 
 class BadRequest(ProxyError):
     code = "bad_request"
+
+
+class MethodNotAllowed(ProxyError):
+    code = "method_not_allowed"
 
 
 class LoginRejected(ProxyError):

@@ -46,7 +46,6 @@ log = structlog.get_logger("auth_proxy.forward_proxy")
 
 CONNECT = b"CONNECT "
 MAX_HEAD = 64 * 1024
-HEAD_TIMEOUT = 60.0  # for a new connection to say what it wants
 HANDSHAKE_TIMEOUT = 30.0
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
@@ -255,7 +254,12 @@ class ForwardProxyServer(ProxyHttpServer):
         loop = asyncio.get_running_loop()
         origin = _origin(request.host, request.port)
         handler = TunnelHandler(
-            self, loop=self._loop, host=request.host, origin=origin, **self._kwargs
+            self,
+            loop=self._loop,
+            host=request.host,
+            origin=origin,
+            header_timeout=self.header_timeout,
+            **self._kwargs,
         )
         pending = _Pending()
         self._open.discard(transport)  # from here the TLS layer, then aiohttp, own it
@@ -323,7 +327,9 @@ class _Sniffer(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as ones.
         self._transport = cast(asyncio.Transport, transport)
         self._server._open.add(self._transport)
-        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, transport.close)
+        # A CONNECT head has as long as any request head (see proxy.httpserver).
+        timeout = self._server.header_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, transport.close)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport

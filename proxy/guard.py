@@ -7,8 +7,14 @@
 - DNS-rebinding defence: on a loopback listener, the ``Host`` header must be a loopback
   name/address or a host a route matches; a web page that rebinds its own name to
   127.0.0.1 is refused.
+- Cross-site defence: a web page can make the browser send requests to 127.0.0.1.
+  A request the browser marks as coming from another site (an ``Origin`` not in
+  ``allowed_origins``, or ``Sec-Fetch-Site: cross-site``/``same-site`` without one) is
+  refused; clients that are not browsers send neither header. State-changing admin
+  endpoints also need a request that no HTML form can send (``check_state_change``).
 - Request targets that are not a plain origin-form path (absolute-form, ``CONNECT``,
-  ``*``) and paths with broken percent-encoding are refused before any routing.
+  ``*``) and paths with broken percent-encoding are refused before any routing, and so
+  are ``TRACE``/``TRACK``, which would echo the injected session back.
 """
 
 from __future__ import annotations
@@ -20,12 +26,18 @@ import re
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDictProxy, istr
 
 from proxy.config import Config, is_loopback
-from proxy.errors import BadRequest, ClientUnauthorized, Forbidden
+from proxy.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
 from proxy.routing import Router
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ORIGIN = istr("Origin")
+_FETCH_SITE = istr("Sec-Fetch-Site")
+_OTHER_SITE = frozenset({"cross-site", "same-site"})
+_STATE_CHANGE_HEADER = istr("X-Auth-Proxy")
+_ECHO_METHODS = frozenset({"TRACE", "TRACK"})
 # Probes must work without credentials (container health checks, load balancers).
 OPEN_ADMIN_PATHS = frozenset({"/-/healthz", "/-/readyz"})
 
@@ -36,12 +48,28 @@ def loopback_host(host: str) -> bool:
     return host == "localhost" or host.endswith(".localhost") or is_loopback(host)
 
 
+def check_state_change(request: web.BaseRequest) -> None:
+    """Refuse a state change that an HTML form (or any "simple" request) could send.
+
+    A page can only send a JSON ``Content-Type`` or a custom header after a CORS
+    preflight, which the proxy grants to ``allowed_origins`` alone.
+    """
+    if _STATE_CHANGE_HEADER in request.headers or request.content_type == "application/json":
+        return
+    raise Forbidden(
+        "this endpoint changes state: send the header X-Auth-Proxy: 1 or a "
+        "Content-Type: application/json body (an HTML form can send neither)"
+    )
+
+
 class Guard:
     def __init__(self) -> None:
         self._tokens: tuple[bytes, ...] = ()
+        self._origins: frozenset[str] = frozenset()
 
     async def load(self, config: Config) -> None:
-        """Resolve the client tokens (secret sources) once per config load."""
+        """Take the allowed origins and resolve the client tokens, once per config load."""
+        self._origins = frozenset(config.allowed_origins)
         if config.client_auth is None:
             self._tokens = ()
             return
@@ -49,7 +77,36 @@ class Guard:
             [(await source.resolve()).encode() for source in config.client_auth.tokens]
         )
 
+    def check_origin(self, headers: CIMultiDictProxy[str]) -> str | None:
+        """The request's allowed browser origin; None when no browser marked it.
+
+        Browsers send ``Origin`` on cross-origin and non-GET requests and
+        ``Sec-Fetch-Site`` on all of them; a page cannot forge either.
+        """
+        origin = headers.get(_ORIGIN)
+        if origin is not None:
+            if origin in self._origins:
+                return origin
+            if origin == "null":
+                raise Forbidden(
+                    "a browser page with an opaque origin (Origin: null: a sandboxed frame "
+                    "or a file:// page) may not use the proxy"
+                )
+            raise Forbidden(
+                f"a browser page at {origin} may not use the proxy (cross-site request); "
+                "to allow it, add that origin to allowed_origins"
+            )
+        site = headers.get(_FETCH_SITE)
+        if site in _OTHER_SITE:
+            raise Forbidden(
+                f"a browser marked this request {site} (Sec-Fetch-Site) and sent no allowed "
+                "Origin; to let a browser app use the proxy, add its origin to allowed_origins"
+            )
+        return None
+
     def check_target(self, request: web.BaseRequest, path: str) -> None:
+        if request.method in _ECHO_METHODS:
+            raise MethodNotAllowed(f"{request.method} is not accepted: it would echo credentials")
         if request.method == "CONNECT" or not path.startswith("/"):
             raise Forbidden(
                 "this listener accepts only origin-form requests (/path); "

@@ -5,19 +5,32 @@ headers) and unexpected handler crashes get the same JSON error body and
 ``X-Auth-Proxy-Error`` header as every other proxy error, are logged once through
 structlog (never with the offending bytes, which may hold a credential), and leave the
 server serving.
+
+Slow clients cannot hold connections open for long: a request's line and headers must
+arrive within ``HEADER_TIMEOUT`` of its first byte (of the connection's start, for the
+first request), and an idle keep-alive connection is closed after ``KEEPALIVE_TIMEOUT``.
+Responses to an allowed browser origin get their CORS headers here, whoever made them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
 from aiohttp import http_exceptions, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from proxy import cors
 from proxy.errors import BadRequest, ProxyError
 
 log = structlog.get_logger("auth_proxy.http")
+
+HEADER_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 75.0  # aiohttp's own default is an hour
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -32,7 +45,74 @@ def _describe(exc: BaseException | None) -> str:
     return "the request is not valid HTTP"
 
 
+class ProxyRequest(web.BaseRequest):
+    """A request whose responses may be made readable by an allowed browser origin."""
+
+    cors_origin: str | None = None
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # aiohttp calls this as any response starts, including one that forwarding
+        # streams itself: the one place where every response to the request passes.
+        if self.cors_origin is not None:
+            cors.allow(response.headers, self.cors_origin)
+
+
+def allow_cors(request: web.BaseRequest, origin: str) -> None:
+    """Give every response to ``request`` the CORS headers for ``origin``."""
+    assert isinstance(request, ProxyRequest)  # every request comes from ProxyHttpServer
+    request.cors_origin = origin
+
+
 class _Handler(RequestHandler):
+    def __init__(
+        self, manager: web.Server, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body: StreamReader | None = None  # of the last request whose head arrived
+
+    # A request head is awaited from the connection's start, and from the first byte
+    # after the previous request's body; aiohttp only bounds a connection's idle time.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        starts_head = self._head_timer is None and self._awaiting_head()
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:  # a head arrived, or failed to parse
+            self._stop_head_timer()
+            self._body = self._messages[-1][1] if self._messages else None
+        elif starts_head:  # armed only for a head split across reads: most come whole
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _awaiting_head(self) -> bool:
+        if self._force_close or self._close or self._upgraded or self._payload_parser is not None:
+            return False
+        return self._body is None or self._body.is_eof()
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._request_in_progress:
+            return  # a pipelined head; the keep-alive timeout bounds it after this answer
+        log.info("header_timeout", seconds=self._header_timeout)
+        self.force_close()
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -56,8 +136,22 @@ class _Handler(RequestHandler):
 
 
 class ProxyHttpServer(web.Server):
-    """``web.Server`` whose connections use ``_Handler``."""
+    """``web.Server`` whose connections use ``_Handler`` and make ``ProxyRequest``s."""
+
+    def __init__(self, handler: Any, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any):
+        super().__init__(handler, request_factory=self._proxy_request, **kwargs)
+        self.header_timeout = header_timeout
+
+    def _proxy_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> ProxyRequest:
+        return ProxyRequest(message, payload, protocol, writer, task, self._loop)
 
     def __call__(self) -> RequestHandler:
         kwargs: dict[str, Any] = self._kwargs
-        return _Handler(self, loop=self._loop, **kwargs)
+        return _Handler(self, loop=self._loop, header_timeout=self.header_timeout, **kwargs)

@@ -2,13 +2,16 @@
 
 A ``Secret`` is resolved when a login needs it, not when the config is read: a
 ``{command}`` runs on every login (single-use SAML/OAuth tokens), a ``{file}`` is re-read
-(rotated Kubernetes secrets). Its ``repr`` never shows the value.
+(rotated Kubernetes secrets). Its ``repr`` never shows the value, nor a command's
+arguments and environment, which often carry a token of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +21,7 @@ from proxy.errors import LoginFailed
 SecretKind = Literal["literal", "env", "file", "command"]
 
 COMMAND_TIMEOUT = 30.0
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +32,16 @@ class Secret:
     def __repr__(self) -> str:
         if self.kind == "literal":
             return "Secret(****)"
-        return f"Secret({self.kind}={self.ref!r})"
+        return f"Secret({self.kind}={self._shown()!r})"
 
     def describe(self) -> str:
         """A masked, human description for `auth-proxy check`."""
         if self.kind == "literal":
             return "****"
-        return f"{{{self.kind}: {self.ref}}}"
+        return f"{{{self.kind}: {self._shown()}}}"
+
+    def _shown(self) -> str:
+        return _program(self.ref) if self.kind == "command" else self.ref
 
     async def resolve(self) -> str:
         """The current value. Failures are ``LoginFailed`` naming the source, never the value."""
@@ -54,6 +61,19 @@ class Secret:
                 ) from None
             return text.rstrip("\r\n")
         return await _run_command(self.ref)
+
+
+def _program(command: str) -> str:
+    """The name of the program a shell command runs, and "…" if it had more."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: the shell will say so when it runs
+        words = command.split()
+    program = next((i for i, word in enumerate(words) if not _ASSIGNMENT.match(word)), None)
+    if program is None:
+        return "…"
+    name = os.path.basename(words[program])
+    return name if len(words) == 1 else f"{name} …"
 
 
 async def _run_command(command: str) -> str:

@@ -261,7 +261,7 @@ async def file_proxy(clock: ManualClock) -> AsyncIterator[FileProxy]:
 
 
 async def post_reload(http: aiohttp.ClientSession, server: ProxyServer) -> tuple[int, Any]:
-    async with http.post(base(server, "/-/reload")) as resp:
+    async with http.post(base(server, "/-/reload"), headers={"X-Auth-Proxy": "1"}) as resp:
         return resp.status, await resp.json()
 
 
@@ -407,7 +407,7 @@ async def test_reload_applies_new_client_tokens(
     assert await status_of(http, base(server, "/iics" + AGENT), headers=old) == 200
 
     write_config(path, [iics_route(sandbox)], client_auth={"tokens": ["new-token"]})
-    async with http.post(base(server, "/-/reload"), headers=old) as resp:
+    async with http.post(base(server, "/-/reload"), headers={**old, "X-Auth-Proxy": "1"}) as resp:
         assert resp.status == 200
     assert await status_of(http, base(server, "/iics" + AGENT), headers=old) == 401
     assert await status_of(http, base(server, "/iics" + AGENT), headers=new) == 200
@@ -435,7 +435,7 @@ async def test_reload_is_refused_to_non_loopback_clients_and_needs_post(
     server = ProxyServer(load_config(path), clock=clock, config_path=path)
     await server.start()
     try:
-        async with http.post(f"http://{address}:{server.port}/-/reload") as resp:
+        async with http.post(f"http://{address}:{server.port}/-/reload", json={}) as resp:
             assert resp.status == 403
             assert resp.headers["X-Auth-Proxy-Error"] == "forbidden"
             assert (await resp.json())["error"]["code"] == "forbidden"
