@@ -1,7 +1,8 @@
 """Admin endpoints under the reserved ``/-/`` prefix (SPEC §8).
 
 ``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
-show a secret. ``POST /-/reload`` changes state, so only loopback clients may call it.
+show a secret. ``POST /-/reload`` and ``POST /-/sessions/<route>/clear`` change state, so
+only loopback clients may call them.
 """
 
 from __future__ import annotations
@@ -28,10 +29,24 @@ def _iso(ts: float | None) -> str | None:
     )
 
 
+SESSIONS = "/-/sessions/"
+CLEAR = "/clear"
+# A header no HTML form, link or beacon can send: a web page on another site that the
+# browser lets POST to 127.0.0.1 cannot clear a lockout (browsers preflight it).
+NON_SIMPLE_HEADER = ("X-Auth-Proxy", "1")
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=json.dumps(data).encode(), content_type="application/json"
     )
+
+
+def _post_only(message: str) -> web.Response:
+    response = ProxyError(message, code="method_not_allowed").to_response()
+    response.set_status(405)
+    response.headers["Allow"] = "POST"
+    return response
 
 
 class Admin:
@@ -53,15 +68,13 @@ class Admin:
             )
         if path == "/-/reload":
             return await self.reload(request)
+        if path.startswith(SESSIONS) and path.endswith(CLEAR):
+            return self.clear(request, path[len(SESSIONS) : -len(CLEAR)])
         return NoRoute(f"no admin endpoint {path}").to_response()
 
     async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != "POST":
-            answer = ProxyError("use POST to reload the config", code="method_not_allowed")
-            response = answer.to_response()
-            response.set_status(405)
-            response.headers["Allow"] = "POST"
-            return response
+            return _post_only("use POST to reload the config")
         if not is_loopback(request.remote or ""):
             return Forbidden("reload is only accepted from a loopback address").to_response()
         result = await self.server.reload_from_file()
@@ -77,6 +90,21 @@ class Admin:
                 "restart_needed": result.restart_needed,
             }
         )
+
+    def clear(self, request: web.BaseRequest, route: str) -> web.StreamResponse:
+        """Lift one route's login lockout (in every worker): the operator says "try again"."""
+        if request.method != "POST":
+            return _post_only("use POST to clear a lockout")
+        if not is_loopback(request.remote or ""):
+            return Forbidden("clear is only accepted from a loopback address").to_response()
+        name, value = NON_SIMPLE_HEADER
+        if request.headers.get(name) != value:
+            return Forbidden(f"send the header {name}: {value} to clear a lockout").to_response()
+        rt = self.server.runtime.routes.get(route)
+        if rt is None:
+            return NoRoute(f"no route named {route!r}").to_response()
+        lifted = rt.sessions.clear_lockout()
+        return _json({"status": "cleared", "route": route, "lockout": lifted})
 
     def sessions(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

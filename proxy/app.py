@@ -33,9 +33,8 @@ from proxy.metrics import Metrics
 from proxy.outbound import Outbound
 from proxy.routing import host_without_port
 from proxy.runtime import Runtime
-from proxy.sessions import SessionStatus
+from proxy.sessions import LocalLockouts, Lockouts, SessionStatus
 from proxy.tls import LocalCA
-from proxy.workers import LockoutBoard
 
 log = structlog.get_logger("auth_proxy")
 
@@ -89,10 +88,11 @@ class ProxyServer:
         *,
         clock: Clock | None = None,
         config_path: Path | str | None = None,
-        lockouts: LockoutBoard | None = None,
+        lockouts: Lockouts | None = None,
     ) -> None:
         self.clock = clock or Clock()
-        self.lockouts = lockouts  # shared with sibling workers, when there are any
+        # Kept across reloads; shared with sibling workers when there are any.
+        self.lockouts = lockouts if lockouts is not None else LocalLockouts()
         self._request_id_prefix = os.urandom(6).hex()
         self._request_counter = 0
         self.config_path = Path(config_path) if config_path is not None else None
@@ -308,10 +308,10 @@ class ProxyServer:
     def reload(self, config: Config) -> ReloadResult:
         """Swap in ``config``; routes whose login settings are unchanged keep their sessions.
 
-        A route whose auth changed, or that is gone, is logged out at the vendor. Every
-        route kept is let out of a login lockout: a reload is the operator saying "try
-        again". Listeners are not rebound; a change to them is reported as needing a
-        restart.
+        A route whose auth changed, or that is gone, is logged out at the vendor. A login
+        lockout holds until the route's credentials change: its secret sources are read
+        again at its next login attempt (a rotated password file is a change). Listeners
+        are not rebound; a change to them is reported as needing a restart.
         """
         previous = self.runtime
         self.runtime = self._build(config, previous)
@@ -322,7 +322,7 @@ class ProxyServer:
                 result.added.append(name)
             elif old.sessions is rt.sessions:
                 result.kept.append(name)
-                rt.sessions.clear_lockout()
+                rt.sessions.reread_credentials()
             else:
                 result.relogin.append(name)
         kept = {rt.sessions for rt in self.runtime.routes.values()}

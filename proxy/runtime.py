@@ -14,8 +14,7 @@ from proxy.config import Config, Route, UpstreamSettings
 from proxy.flows import flow_for
 from proxy.outbound import Outbound, RouteClient
 from proxy.routing import Router
-from proxy.sessions import LoginObserver, RouteSessions
-from proxy.workers import LockoutBoard
+from proxy.sessions import Lockouts, LoginObserver, RouteSessions
 
 
 @dataclass(eq=False)
@@ -51,7 +50,7 @@ class Runtime:
         on_secret: Callable[[str], None],
         on_login: LoginObserver,
         previous: Runtime | None = None,
-        lockouts: LockoutBoard | None = None,
+        lockouts: Lockouts,
     ) -> None:
         self.config = config
         self.routes: dict[str, RouteRuntime] = {}
