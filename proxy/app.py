@@ -101,6 +101,7 @@ class ProxyServer:
         self.runtime = self._build(config, None)
         self.metrics.reloaded(True, self.clock.now())
         self._background: set[asyncio.Task[Any]] = set()
+        self._retiring: set[Runtime] = set()  # replaced by a reload, maybe still in use
         self.admin = Admin(self)
         self.guard = Guard()
         self.draining = False
@@ -212,7 +213,7 @@ class ProxyServer:
         route_name: str | None = None
         status = 500
         request_id = request.headers.get("X-Request-ID") or self._next_request_id()
-        self._enter()
+        self._enter(runtime)
         try:
             guard = self.guard
             guard.check_target(request, path)
@@ -273,7 +274,7 @@ class ProxyServer:
                 answer.force_close()  # no keep-alive: the client's next try must reconnect
             return answer
         finally:
-            self._leave()
+            self._leave(runtime)
             elapsed = time.perf_counter() - started
             if route_name is not None or not path.startswith("/-/"):  # scrapes are not traffic
                 self.metrics.request(route_name, status, elapsed, outcome.replayed)
@@ -294,14 +295,16 @@ class ProxyServer:
         self._request_counter += 1
         return f"{self._request_id_prefix}{self._request_counter:010x}"
 
-    def _enter(self) -> None:
+    def _enter(self, runtime: Runtime) -> None:
         self._inflight += 1
         self._idle.clear()
+        runtime.enter()
 
-    def _leave(self) -> None:
+    def _leave(self, runtime: Runtime) -> None:
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
+        runtime.leave()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -326,11 +329,14 @@ class ProxyServer:
             else:
                 result.relogin.append(name)
         kept = {rt.sessions for rt in self.runtime.routes.values()}
+        logouts = []
         for name, rt in previous.routes.items():
             if name not in self.runtime.routes:
                 result.removed.append(name)
             if rt.sessions not in kept:
-                self._spawn(rt.sessions.logout())
+                logouts.append(self._spawn(rt.sessions.logout()))
+        self._retiring.add(previous)
+        self._spawn(self._retire(previous, logouts))
         self.metrics.reloaded(True, self.clock.now())
         log.info(
             "config_reloaded",
@@ -364,10 +370,19 @@ class ProxyServer:
         """Reload from a signal handler (SIGHUP)."""
         self._spawn(self.reload_from_file())
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    async def _retire(self, old: Runtime, logouts: list[asyncio.Task[Any]]) -> None:
+        """Once nothing runs on ``old`` any more, close the upstream pools only it used."""
+        await asyncio.gather(*logouts, return_exceptions=True)  # they use old's clients
+        await old.drained()
+        self._retiring.discard(old)
+        live = [rt.client for r in (self.runtime, *self._retiring) for rt in r.routes.values()]
+        await self.outbound.release_unused(live)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._background.discard)
+        return task
 
     async def stop(self, *, drain_timeout: float | None = None) -> None:
         """Answer new requests 503, drain in-flight ones, close, log sessions out.
