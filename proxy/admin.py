@@ -1,8 +1,9 @@
 """Admin endpoints under the reserved ``/-/`` prefix (SPEC §8).
 
 ``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
-show a secret. ``POST /-/reload`` changes state, so only loopback clients may call it,
-with a request no HTML form can send (``guard.check_state_change``).
+show a secret. ``POST /-/reload`` and ``POST /-/sessions/<route>/clear`` change state, so
+only loopback clients may call them, with a request no HTML form can send
+(``guard.check_state_change``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,20 @@ def _iso(ts: float | None) -> str | None:
     )
 
 
+SESSIONS = "/-/sessions/"
+CLEAR = "/clear"
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=json.dumps(data).encode(), content_type="application/json"
     )
+
+
+def _post_only(message: str) -> web.Response:
+    response = MethodNotAllowed(message).to_response()
+    response.headers["Allow"] = "POST"
+    return response
 
 
 class Admin:
@@ -56,13 +67,13 @@ class Admin:
             )
         if path == "/-/reload":
             return await self.reload(request)
+        if path.startswith(SESSIONS) and path.endswith(CLEAR):
+            return self.clear(request, path[len(SESSIONS) : -len(CLEAR)])
         return NoRoute(f"no admin endpoint {path}").to_response()
 
     async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != "POST":
-            response = MethodNotAllowed("use POST to reload the config").to_response()
-            response.headers["Allow"] = "POST"
-            return response
+            return _post_only("use POST to reload the config")
         if not is_loopback(request.remote or ""):
             return Forbidden("reload is only accepted from a loopback address").to_response()
         check_state_change(request)  # raises; rendered by the request handler
@@ -81,6 +92,19 @@ class Admin:
                 "restart_needed": result.restart_needed,
             }
         )
+
+    def clear(self, request: web.BaseRequest, route: str) -> web.StreamResponse:
+        """Lift one route's login lockout (in every worker): the operator says "try again"."""
+        if request.method != "POST":
+            return _post_only("use POST to clear a lockout")
+        if not is_loopback(request.remote or ""):
+            return Forbidden("clear is only accepted from a loopback address").to_response()
+        check_state_change(request)  # raises; rendered by the request handler
+        rt = self.server.runtime.routes.get(route)
+        if rt is None:
+            return NoRoute(f"no route named {route!r}").to_response()
+        lifted = rt.sessions.clear_lockout()
+        return _json({"status": "cleared", "route": route, "lockout": lifted})
 
     def sessions(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -33,9 +33,8 @@ from proxy.metrics import Metrics
 from proxy.outbound import Outbound
 from proxy.routing import host_without_port
 from proxy.runtime import Runtime
-from proxy.sessions import SessionStatus
+from proxy.sessions import LocalLockouts, Lockouts, SessionStatus
 from proxy.tls import LocalCA
-from proxy.workers import LockoutBoard
 
 log = structlog.get_logger("auth_proxy")
 
@@ -89,10 +88,11 @@ class ProxyServer:
         *,
         clock: Clock | None = None,
         config_path: Path | str | None = None,
-        lockouts: LockoutBoard | None = None,
+        lockouts: Lockouts | None = None,
     ) -> None:
         self.clock = clock or Clock()
-        self.lockouts = lockouts  # shared with sibling workers, when there are any
+        # Kept across reloads; shared with sibling workers when there are any.
+        self.lockouts = lockouts if lockouts is not None else LocalLockouts()
         self._request_id_prefix = os.urandom(6).hex()
         self._request_counter = 0
         self.config_path = Path(config_path) if config_path is not None else None
@@ -101,6 +101,7 @@ class ProxyServer:
         self.runtime = self._build(config, None)
         self.metrics.reloaded(True, self.clock.now())
         self._background: set[asyncio.Task[Any]] = set()
+        self._retiring: set[Runtime] = set()  # replaced by a reload, maybe still in use
         self.admin = Admin(self)
         self.guard = Guard()
         self.draining = False
@@ -218,7 +219,7 @@ class ProxyServer:
         route_name: str | None = None
         status = 500
         request_id = request.headers.get("X-Request-ID") or self._next_request_id()
-        self._enter()
+        self._enter(runtime)
         try:
             preflight = self._check_browser(request)
             if preflight is not None:
@@ -292,7 +293,7 @@ class ProxyServer:
             status = _client_aborted(route_name, outcome.phase(request))
             raise
         finally:
-            self._leave()
+            self._leave(runtime)
             elapsed = time.perf_counter() - started
             if route_name is not None or not path.startswith("/-/"):  # scrapes are not traffic
                 self.metrics.request(route_name, status, elapsed, outcome.replayed)
@@ -329,24 +330,26 @@ class ProxyServer:
         self._request_counter += 1
         return f"{self._request_id_prefix}{self._request_counter:010x}"
 
-    def _enter(self) -> None:
+    def _enter(self, runtime: Runtime) -> None:
         self._inflight += 1
         self._idle.clear()
+        runtime.enter()
 
-    def _leave(self) -> None:
+    def _leave(self, runtime: Runtime) -> None:
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
+        runtime.leave()
 
     # ------------------------------------------------------------------ lifecycle
 
     def reload(self, config: Config) -> ReloadResult:
         """Swap in ``config``; routes whose login settings are unchanged keep their sessions.
 
-        A route whose auth changed, or that is gone, is logged out at the vendor. Every
-        route kept is let out of a login lockout: a reload is the operator saying "try
-        again". Listeners are not rebound; a change to them is reported as needing a
-        restart.
+        A route whose auth changed, or that is gone, is logged out at the vendor. A login
+        lockout holds until the route's credentials change: its secret sources are read
+        again at its next login attempt (a rotated password file is a change). Listeners
+        are not rebound; a change to them is reported as needing a restart.
         """
         previous = self.runtime
         self.runtime = self._build(config, previous)
@@ -357,15 +360,18 @@ class ProxyServer:
                 result.added.append(name)
             elif old.sessions is rt.sessions:
                 result.kept.append(name)
-                rt.sessions.clear_lockout()
+                rt.sessions.reread_credentials()
             else:
                 result.relogin.append(name)
         kept = {rt.sessions for rt in self.runtime.routes.values()}
+        logouts = []
         for name, rt in previous.routes.items():
             if name not in self.runtime.routes:
                 result.removed.append(name)
             if rt.sessions not in kept:
-                self._spawn(rt.sessions.logout())
+                logouts.append(self._spawn(rt.sessions.logout()))
+        self._retiring.add(previous)
+        self._spawn(self._retire(previous, logouts))
         self.metrics.reloaded(True, self.clock.now())
         log.info(
             "config_reloaded",
@@ -399,10 +405,19 @@ class ProxyServer:
         """Reload from a signal handler (SIGHUP)."""
         self._spawn(self.reload_from_file())
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    async def _retire(self, old: Runtime, logouts: list[asyncio.Task[Any]]) -> None:
+        """Once nothing runs on ``old`` any more, close the upstream pools only it used."""
+        await asyncio.gather(*logouts, return_exceptions=True)  # they use old's clients
+        await old.drained()
+        self._retiring.discard(old)
+        live = [rt.client for r in (self.runtime, *self._retiring) for rt in r.routes.values()]
+        await self.outbound.release_unused(live)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._background.discard)
+        return task
 
     async def stop(self, *, drain_timeout: float | None = None) -> None:
         """Answer new requests 503, drain in-flight ones, close, log sessions out.

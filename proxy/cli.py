@@ -1,4 +1,4 @@
-"""Command line: ``auth-proxy [serve|check|demo|sandbox|ca] ...`` (SPEC §2).
+"""Command line: ``auth-proxy [serve|check|clear|demo|sandbox|ca] ...`` (SPEC §2).
 
 Exit codes: 0 ok, 2 invalid config or usage (one line per problem, each naming its key
 path, no traceback), 1 runtime failure.
@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
+import json
 import signal
 import socket
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,14 @@ from proxy.config import (
     is_loopback,
     load_config,
 )
+from proxy.errors import ProxyError
 from proxy.logs import setup_logging
 from proxy.secrets import Secret
 from proxy.workers import LockoutBoard
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-COMMANDS = ("serve", "check", "demo", "sandbox", "ca")
+COMMANDS = ("serve", "check", "clear", "demo", "sandbox", "ca")
+CLEAR_TIMEOUT = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--login", nargs="*", metavar="ROUTE", help="also log in once (all routes, or those named)"
     )
+
+    clear = sub.add_parser(
+        "clear", help="lift a route's login lockout in the running proxy (all workers)"
+    )
+    clear.add_argument("route")
+    clear.add_argument("-c", "--config")
 
     demo = sub.add_parser("demo", help="run the sandbox and the proxy in front of it")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
@@ -89,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(load_config(path), path)
         if command == "check":
             return _check(_load(args.config), args.login)
+        if command == "clear":
+            return _clear(_load(args.config), args.route)
         if command == "demo":
             from proxy.demo import run_demo
 
@@ -205,6 +219,50 @@ def _check(config: Config, login: list[str] | None) -> int:
     for line in failures:
         print(f"auth-proxy: {line}", file=sys.stderr)
     return EXIT_RUNTIME if failures else EXIT_OK
+
+
+def _clear(config: Config, route: str) -> int:
+    """``POST /-/sessions/<route>/clear`` to the proxy this config describes."""
+    names = [r.name for r in config.routes]
+    if route not in names:
+        print(f"auth-proxy: unknown route {route} (routes: {', '.join(names)})", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = config.listen.host, config.listen.port
+    if port == 0:
+        print("auth-proxy: listen.port is 0 (any free port): no fixed address", file=sys.stderr)
+        return EXIT_RUNTIME
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: loopback reaches it too
+        host = "::1" if host == "::" else "127.0.0.1"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    headers = {"X-Auth-Proxy": "1"}  # the clear endpoint refuses requests without it
+    if config.client_auth is not None:
+        try:
+            token = asyncio.run(config.client_auth.tokens[0].resolve())
+        except ProxyError as exc:
+            print(f"auth-proxy: client_auth.tokens[0]: {exc.message}", file=sys.stderr)
+            return EXIT_RUNTIME
+        headers["Proxy-Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://{where}/-/sessions/{route}/clear", method="POST", headers=headers
+    )
+    # No proxy from the environment: this call is for the local proxy itself.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=CLEAR_TIMEOUT) as response:
+            lifted = json.load(response)["lockout"]
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                message = json.load(exc)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code}"
+        print(f"auth-proxy: the proxy on {where} refused: {message}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+        print(f"auth-proxy: no proxy answers on {where} (is it running?)", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"{route}: login lockout lifted" if lifted else f"{route}: no login lockout to lift")
+    return EXIT_OK
 
 
 def describe_routes(config: Config) -> list[str]:

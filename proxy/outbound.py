@@ -3,16 +3,19 @@
 One keep-alive ``aiohttp.ClientSession`` per process serves every route. Routes only
 differ in per-request settings (TLS context, timeouts); the two connector-level settings
 (``trust_env`` and ``resolve``) get their own pooled session only when a route changes
-them.
+them. A reload reuses both for unchanged settings (pooled connections are keyed by TLS
+context) and closes the pools no route uses any more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,16 +87,6 @@ class MappedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._fallback.close()
-
-
-def ssl_context_for(settings: UpstreamSettings) -> ssl.SSLContext | bool:
-    """System trust plus ``ca_bundle`` (added, not substituted); False when disabled."""
-    if not settings.verify_tls:
-        return False
-    ctx = ssl.create_default_context()
-    if settings.ca_bundle:
-        ctx.load_verify_locations(cafile=settings.ca_bundle)
-    return ctx
 
 
 EnvProxy = tuple[URL | None, aiohttp.BasicAuth | None]
@@ -186,6 +179,7 @@ class Outbound:
 
     def __init__(self) -> None:
         self._sessions: dict[tuple[ResolveRule, ...], aiohttp.ClientSession] = {}
+        self._contexts: dict[tuple[str | None, bytes], ssl.SSLContext] = {}
         self._env_proxies = EnvProxies()
         self.watchdog = Watchdog()
         self._warned_insecure: set[str] = set()
@@ -199,7 +193,7 @@ class Outbound:
             log.warning("tls_verification_disabled", route=route)
         return RouteClient(
             session=session,
-            ssl=ssl_context_for(settings),
+            ssl=self._ssl_context(settings),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
             login_timeout=aiohttp.ClientTimeout(
                 total=None,
@@ -212,6 +206,35 @@ class Outbound:
             if settings.trust_env and self._env_proxies.active
             else None,
         )
+
+    def _ssl_context(self, settings: UpstreamSettings) -> ssl.SSLContext | bool:
+        """System trust plus ``ca_bundle`` (added, not substituted); False when disabled.
+
+        The same context for the same trust, across reloads: aiohttp pools connections
+        per context, so a new one would strand the pool (and a copy of the CA store).
+        """
+        if not settings.verify_tls:
+            return False
+        bundle = settings.ca_bundle
+        # By content too: a rotated bundle at the same path gets a new context.
+        key = (bundle, hashlib.sha256(Path(bundle).read_bytes()).digest() if bundle else b"")
+        context = self._contexts.get(key)
+        if context is None:
+            context = ssl.create_default_context()
+            if bundle:
+                context.load_verify_locations(cafile=bundle)
+            self._contexts[key] = context
+        return context
+
+    async def release_unused(self, live: Iterable[RouteClient]) -> None:
+        """Close the pools and drop the TLS contexts that no client in ``live`` uses."""
+        clients = list(live)
+        sessions = {c.session for c in clients}
+        contexts = {c.ssl for c in clients}
+        unused = [s for s in self._sessions.values() if s not in sessions]
+        self._sessions = {k: s for k, s in self._sessions.items() if s in sessions}
+        self._contexts = {k: c for k, c in self._contexts.items() if c in contexts}
+        await asyncio.gather(*(s.close() for s in unused), return_exceptions=True)
 
     @staticmethod
     def _new_session(settings: UpstreamSettings) -> aiohttp.ClientSession:

@@ -6,16 +6,16 @@ so a request does no per-route work beyond dictionary lookups.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.clock import Clock
-from proxy.config import Config, Route, UpstreamSettings
+from proxy.config import Config, Route
 from proxy.flows import flow_for
 from proxy.outbound import Outbound, RouteClient
 from proxy.routing import Router
-from proxy.sessions import LoginObserver, RouteSessions
-from proxy.workers import LockoutBoard
+from proxy.sessions import Lockouts, LoginObserver, RouteSessions
 
 
 @dataclass(eq=False)
@@ -51,15 +51,19 @@ class Runtime:
         on_secret: Callable[[str], None],
         on_login: LoginObserver,
         previous: Runtime | None = None,
-        lockouts: LockoutBoard | None = None,
+        lockouts: Lockouts,
     ) -> None:
         self.config = config
         self.routes: dict[str, RouteRuntime] = {}
         self.router: Router[RouteRuntime] = Router()
+        # Requests running on this runtime: after a reload, its upstream pools may be
+        # closed only once they have finished.
+        self._inflight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
         for route in config.routes:
-            settings = config.upstream_for(route)
-            client = outbound.client_for(route.name, settings)
-            kept = previous.reusable(route, settings) if previous else None
+            client = outbound.client_for(route.name, config.upstream_for(route))
+            kept = previous.reusable(route, client) if previous else None
             sessions = kept or RouteSessions(
                 route.name,
                 flow_for(route),
@@ -79,7 +83,7 @@ class Runtime:
                 static_headers=route.headers,
                 drop_headers=_drop_set(route),
                 reauth_on=frozenset(route.auth.reauth_on if sessions.flow.can_relogin else ()),
-                retry_body_limit=settings.retry_body_limit,
+                retry_body_limit=client.settings.retry_body_limit,
             )
             self.routes[route.name] = rt
             m = route.match
@@ -90,8 +94,12 @@ class Runtime:
             elif m.listen is not None:
                 self.router.add_port(m.listen.port, rt)
 
-    def reusable(self, route: Route, settings: UpstreamSettings) -> RouteSessions | None:
-        """This runtime's sessions for ``route`` if nothing about its login changed."""
+    def reusable(self, route: Route, client: RouteClient) -> RouteSessions | None:
+        """This runtime's sessions for ``route`` if nothing about its login changed.
+
+        Kept sessions log in through the client they were made with, so a new TLS
+        context (a CA bundle rotated in place) means new sessions too.
+        """
         old = self.routes.get(route.name)
         if (
             old is None
@@ -99,9 +107,21 @@ class Runtime:
             or old.config.allowed_hosts != route.allowed_hosts
         ):
             return None
-        if old.client.settings != settings:
+        if old.client.settings != client.settings or old.client.ssl is not client.ssl:
             return None
         return old.sessions
+
+    def enter(self) -> None:
+        self._inflight += 1
+        self._drained.clear()
+
+    def leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._drained.set()
+
+    async def drained(self) -> None:
+        await self._drained.wait()
 
     def listen_ports(self) -> list[tuple[str, int, RouteRuntime]]:
         out = []

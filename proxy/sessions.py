@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
 from proxy.clock import Clock
+from proxy.credentials import Values, by_command, fingerprint, resolve_all
 from proxy.errors import LoginBackoff, LoginFailed, LoginRejected, ProxyError
 from proxy.flows.base import Flow, FlowGen, LoginRequest, LoginResponse, Session
 from proxy.secrets import Secret
-from proxy.workers import Lockout, LockoutBoard
+from proxy.workers import Lockout
 
 log = structlog.get_logger("auth_proxy.sessions")
 
@@ -69,6 +72,33 @@ class SessionStatus:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+class Lockouts(Protocol):
+    """Login rejections by route: ``LocalLockouts``, or the workers' ``LockoutBoard``."""
+
+    key: bytes  # fingerprints are comparable only under the same key
+
+    def get(self, route: str) -> Lockout | None: ...
+    def put(self, route: str, lockout: Lockout) -> None: ...
+    def clear(self, route: str) -> None: ...
+
+
+class LocalLockouts:
+    """The lockouts of one process; they outlive reloads, which rebuild ``RouteSessions``."""
+
+    def __init__(self) -> None:
+        self.key = os.urandom(32)
+        self._entries: dict[str, Lockout] = {}
+
+    def get(self, route: str) -> Lockout | None:
+        return self._entries.get(route)
+
+    def put(self, route: str, lockout: Lockout) -> None:
+        self._entries[route] = lockout
+
+    def clear(self, route: str) -> None:
+        self._entries.pop(route, None)
+
+
 class RouteSessions:
     def __init__(
         self,
@@ -82,10 +112,10 @@ class RouteSessions:
         login_retry_after: float,
         on_secret: Callable[[str], None] = lambda _value: None,
         on_login: LoginObserver = lambda _route, _result, _seconds: None,
-        lockouts: LockoutBoard | None = None,
+        lockouts: Lockouts | None = None,
     ) -> None:
         self.route = route
-        self._lockouts = lockouts
+        self._lockouts = lockouts if lockouts is not None else LocalLockouts()
         self.flow = flow
         self._execute = execute
         self._clock = clock
@@ -96,8 +126,13 @@ class RouteSessions:
         self._on_login = on_login
         self._lease: Lease | None = None
         self._task: asyncio.Task[Lease] | None = None
-        self._rejected: ProxyError | None = None
-        self._rejected_until = 0.0
+        # A lockout holds for the credentials it rejected. These are fingerprinted when a
+        # login attempt reads them (None: not read since the last (re)load), except a
+        # {command} route's, which are fingerprinted by their config text.
+        self._by_text = (
+            fingerprint(self._lockouts.key, flow.auth, None) if by_command(flow.auth) else None
+        )
+        self._credentials = self._by_text
         self._backoff_until = 0.0
         self._backoff_step = 0.0
         self.last_error: str | None = None
@@ -156,13 +191,11 @@ class RouteSessions:
     def _start(self, previous: Lease | None) -> asyncio.Task[Lease]:
         if self._task is not None:
             return self._task
+        if self._credentials is not None:  # else the attempt reads them, then checks
+            lockout = self._lockout(self._credentials)
+            if lockout is not None:
+                raise LoginRejected(lockout.message, route=self.route)
         now = self._clock.now()
-        if self._rejected is not None and now < self._rejected_until:
-            raise LoginRejected(self._rejected.message, route=self.route)
-        if self._lockouts is not None:  # another worker's rejection counts here too
-            shared = self._lockouts.get(self.route)
-            if shared is not None and now < shared.until:
-                raise LoginRejected(shared.message, route=self.route)
         if now < self._backoff_until:
             raise LoginBackoff(
                 f"the last login failed ({self.last_error}); retrying in a moment",
@@ -184,14 +217,22 @@ class RouteSessions:
         started = time.perf_counter()
         kind = "renew" if renewing else "login"
         try:
+            values, credentials = await self._read_credentials()
+        except ProxyError as exc:  # an unreadable secret source
+            exc.for_route(self.route)
+            self._fail(exc, started)
+            raise
+        # Rejected before (by another worker, or before a reload that kept them): not again.
+        lockout = self._lockout(credentials)
+        if lockout is not None:
+            raise LoginRejected(lockout.message, route=self.route)
+        try:
             gen = self.flow.renew(previous.session) if renewing and previous else self.flow.login()
-            session = await self._drive(gen)
+            session = await self._drive(gen, values)
         except LoginRejected as exc:
             exc.for_route(self.route)
-            self._rejected = exc
-            self._rejected_until = self._clock.now() + self._retry_after
-            if self._lockouts is not None:
-                self._lockouts.put(self.route, Lockout(self._rejected_until, exc.message))
+            until = self._clock.now() + self._retry_after
+            self._lockouts.put(self.route, Lockout(until, exc.message, credentials))
             self.last_error = exc.message
             self._on_login(self.route, "rejected", time.perf_counter() - started)
             log.warning(
@@ -213,7 +254,6 @@ class RouteSessions:
         now = self._clock.now()
         self._lease = Lease(session, now, now, self._idle_timeout)
         self._backoff_step = 0.0
-        self._rejected = None
         self.last_error = None
         elapsed = time.perf_counter() - started
         self._on_login(self.route, "ok", elapsed)
@@ -225,6 +265,23 @@ class RouteSessions:
             org=session.org,
         )
         return self._lease
+
+    async def _read_credentials(self) -> tuple[Values, str]:
+        """The secret values this attempt will use, and their fingerprint."""
+        if self._by_text is not None:  # a {command} runs when the flow asks for it, only then
+            return {}, self._by_text
+        values = await resolve_all(self.flow.auth)
+        self._credentials = fingerprint(self._lockouts.key, self.flow.auth, values)
+        return values, self._credentials
+
+    def _lockout(self, credentials: str | None) -> Lockout | None:
+        """The lockout in force for ``credentials`` (None: unknown, so any lockout)."""
+        lockout = self._lockouts.get(self.route)
+        if lockout is None or self._clock.now() >= lockout.until:
+            return None
+        if credentials is not None and lockout.credentials != credentials:
+            return None
+        return lockout
 
     def _fail(self, exc: ProxyError, started: float) -> None:
         self._backoff_step = min(BACKOFF_MAX, self._backoff_step * 2 or BACKOFF_FIRST)
@@ -250,13 +307,15 @@ class RouteSessions:
             session_left = min(session_left, lease.last_used + self._idle_timeout - now)
         return session_left > self._margin
 
-    async def _drive(self, gen: FlowGen) -> Session:
+    async def _drive(self, gen: FlowGen, values: Values) -> Session:
         reply: LoginResponse | str | None = None
         try:
             while True:
                 step = gen.send(reply) if reply is not None else next(gen)
                 if isinstance(step, Secret):
-                    value = await step.resolve()
+                    value = values.get(step)
+                    if value is None:
+                        value = await step.resolve()
                     self._on_secret(value)
                     reply = value
                 else:
@@ -284,7 +343,7 @@ class RouteSessions:
             state = "logging_in"
         elif lease is not None and lease.expires_at() > now:
             state = "active"
-        elif self._rejected is not None and now < self._rejected_until:
+        elif self._lockout(self._credentials) is not None:
             state = "rejected"
         elif now < self._backoff_until:
             state = "backoff"
@@ -299,14 +358,25 @@ class RouteSessions:
             st.upstream = lease.session.upstream
         return st
 
-    def clear_lockout(self) -> None:
-        """Allow the next request to log in again after a rejection (config reloaded)."""
-        if self._rejected is not None:
-            log.info("login_lockout_cleared", route=self.route, reason="config reloaded")
-        self._rejected = None
-        self._rejected_until = 0.0
-        if self._lockouts is not None:
-            self._lockouts.clear(self.route)
+    def reread_credentials(self) -> None:
+        """The config was reloaded: the next login attempt reads the secret sources anew.
+
+        Rotated values are new credentials, which a lockout does not hold back; the same
+        values stay locked out. A {command} is not run for this: its text decides.
+        """
+        self._credentials = self._by_text
+
+    def clear_lockout(self) -> bool:
+        """Let the next request log in again (the operator says so); True if locked out.
+
+        The lockout is lifted in every worker: they share ``Lockouts``.
+        """
+        lockout = self._lockouts.get(self.route)
+        self._lockouts.clear(self.route)
+        if lockout is None or self._clock.now() >= lockout.until:
+            return False
+        log.info("login_lockout_cleared", route=self.route)
+        return True
 
     async def logout(self) -> None:
         """End the vendor session (shutdown, removed route). Errors are logged, not raised."""

@@ -7,7 +7,9 @@ dies unexpectedly, and exits when they have all stopped.
 
 Workers share one thing: a login lockout board. A vendor that rejected the credentials
 in one worker must not be asked again by the others (accounts lock), so a rejection is
-written to a small file per route that every worker reads before it logs in.
+written to a small file per route that every worker reads before it logs in. An entry
+names the rejected credentials by a keyed fingerprint (``proxy.credentials``); the key
+is made once in the supervisor, so the workers it forks compare the same fingerprints.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import json
 import os
 import signal
@@ -40,13 +43,15 @@ PR_SET_PDEATHSIG = 1
 class Lockout:
     until: float
     message: str
+    credentials: str  # fingerprint of the rejected credentials: others are not locked out
 
 
 class LockoutBoard:
     """Login rejections shared between worker processes, one file per route."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, key: bytes) -> None:
         self.directory = directory
+        self.key = key  # for credential fingerprints
 
     def _path(self, route: str) -> Path:
         return self.directory / f"{route}.json"
@@ -54,13 +59,13 @@ class LockoutBoard:
     def get(self, route: str) -> Lockout | None:
         try:
             data = json.loads(self._path(route).read_text())
-            return Lockout(float(data["until"]), str(data["message"]))
+            return Lockout(float(data["until"]), str(data["message"]), str(data["credentials"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def put(self, route: str, lockout: Lockout) -> None:
         tmp = self._path(route).with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"until": lockout.until, "message": lockout.message}))
+        tmp.write_text(json.dumps(dataclasses.asdict(lockout)))
         tmp.replace(self._path(route))  # atomic: readers see the old or the new file
 
     def clear(self, route: str) -> None:
@@ -88,7 +93,9 @@ class Supervisor:
         self.config_path = config_path
         self.stopping = False
         self.pids: dict[int, int] = {}  # pid -> worker index
-        self.board_dir = Path(tempfile.mkdtemp(prefix="auth-proxy-lockouts-"))
+        self.board = LockoutBoard(
+            Path(tempfile.mkdtemp(prefix="auth-proxy-lockouts-")), os.urandom(32)
+        )
         self.ports: dict[tuple[str, int], int] = {}
 
     def _bind(self) -> Sockets:
@@ -109,9 +116,9 @@ class Supervisor:
         try:
             return self._wait()
         finally:
-            for path in self.board_dir.glob("*"):
+            for path in self.board.directory.glob("*"):
                 path.unlink(missing_ok=True)
-            self.board_dir.rmdir()
+            self.board.directory.rmdir()
 
     def _spawn(self, index: int, sockets: Sockets) -> None:
         pid = os.fork()
@@ -122,7 +129,7 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
                 structlog.contextvars.bind_contextvars(worker=index)
-                code = _worker_main(self.config, self.config_path, sockets, self.board_dir)
+                code = _worker_main(self.config, self.config_path, sockets, self.board)
             finally:
                 os._exit(code)
         # The parent never accepts: a socket it kept open would still be handed connections.
@@ -175,14 +182,12 @@ def _worker_main(
     config: Config,
     config_path: Path | None,
     sockets: dict[tuple[str, int], socket.socket],
-    board_dir: Path,
+    board: LockoutBoard,
 ) -> int:
     from proxy.cli import _install_uvloop, serve
 
     _install_uvloop()
-    return asyncio.run(
-        serve(config, config_path, sockets=sockets, lockouts=LockoutBoard(board_dir))
-    )
+    return asyncio.run(serve(config, config_path, sockets=sockets, lockouts=board))
 
 
 def run_workers(config: Config, config_path: Path | None) -> int:

@@ -357,7 +357,7 @@ async def test_invalid_config_is_refused_and_the_old_one_stays(
     assert metric(samples, "auth_proxy_config_last_reload_success") == 0
 
 
-async def test_reload_lifts_a_login_lockout(
+async def test_a_reload_keeps_a_login_lockout_and_clear_lifts_it(
     sandbox: Sandbox, file_proxy: FileProxy, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     path = tmp_path / "config.yaml"
@@ -367,9 +367,13 @@ async def test_reload_lifts_a_login_lockout(
     assert await status_of(http, base(server, "/iics" + AGENT)) == 502
     sandbox.state.login_status_override = None  # the operator fixed the account
     assert await status_of(http, base(server, "/iics" + AGENT)) == 502  # still locked out
+    assert (await post_reload(http, server))[0] == 200  # the same credentials: still
+    assert await status_of(http, base(server, "/iics" + AGENT)) == 502
     assert login_count(sandbox) == 1
 
-    assert (await post_reload(http, server))[0] == 200
+    clear = base(server, "/-/sessions/iics/clear")
+    async with http.post(clear, headers={"X-Auth-Proxy": "1"}) as resp:
+        assert resp.status == 200
     assert await status_of(http, base(server, "/iics" + AGENT)) == 200
     assert login_count(sandbox) == 2
 
