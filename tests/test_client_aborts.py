@@ -252,7 +252,10 @@ async def test_a_client_hanging_up_on_a_reload_does_not_stop_it(
     tokens = [{"command": f"cat {fifo}"}]
     write_config(path, [upstream.route()], client_auth={"tokens": tokens})
     try:
-        head = "POST /-/reload HTTP/1.1\nHost: 127.0.0.1\nProxy-Authorization: Bearer old-token\nX-Auth-Proxy: 1\n"
+        head = (
+            "POST /-/reload HTTP/1.1\nHost: 127.0.0.1\n"
+            "Proxy-Authorization: Bearer old-token\nX-Auth-Proxy: 1\n"
+        )
         client = await connect(server, head + "Content-Length: 0\n")
         # Opening the pipe returns once the reload's command has opened the other end.
         feed = await asyncio.wait_for(asyncio.to_thread(open, fifo, "w"), 5)

@@ -27,6 +27,7 @@ from proxy.sandbox import Sandbox, SandboxState, run_sandbox
 
 AGENT = "/iics/saas/api/v2/agent"
 RELOADS = 100
+STATE_CHANGE = {"X-Auth-Proxy": "1"}  # reloads need a request no HTML form can send
 SETTLED = 5  # reloads after which the figures are the baseline
 MAX_MORE_FDS = 10
 MAX_MORE_RSS_KIB = 20 * 1024
@@ -67,7 +68,8 @@ async def test_a_hundred_reloads_leave_memory_and_fds_flat(
     async with aiohttp.ClientSession() as http:
         for reload in range(1, RELOADS + 1):
             write(reload)
-            async with http.post(served.url("/-/reload")) as resp:  # answers once reloaded
+            # The reload answers once it is done.
+            async with http.post(served.url("/-/reload"), headers=STATE_CHANGE) as resp:
                 assert resp.status == 200
             async with http.get(served.url(AGENT)) as resp:
                 assert resp.status == 200
@@ -107,7 +109,7 @@ async def test_a_response_streaming_through_a_dropped_pool_is_not_cut(
         async with http.get(base(server, "/up/download")) as resp:
             assert await resp.content.readexactly(len(b"first half;")) == b"first half;"
             write(1)  # the pool this download runs on is no longer any route's
-            async with http.post(base(server, "/-/reload")) as reloaded:
+            async with http.post(base(server, "/-/reload"), headers=STATE_CHANGE) as reloaded:
                 assert (await reloaded.json())["relogin"] == ["up"]
             release.set()
             # A cut pool would leave this read waiting: bounded, so the test fails instead.
@@ -136,7 +138,7 @@ async def test_a_ca_bundle_rotated_in_place_is_used_after_a_reload(
                 assert resp.status == 502
                 assert "failed TLS verification" in (await resp.json())["error"]["message"]
             vendor_ca.cert_pem.write_to_path(str(bundle))  # the same path, the right CA
-            async with http.post(base(server, "/-/reload")) as resp:
+            async with http.post(base(server, "/-/reload"), headers=STATE_CHANGE) as resp:
                 assert (await resp.json())["relogin"] == ["iics"]  # a login through it
             async with http.get(base(server, AGENT)) as resp:
                 assert resp.status == 200
