@@ -1,7 +1,7 @@
 """Logging: structlog to stdout, JSON lines by default, with secrets masked (SPEC §8).
 
 Every event passes through ``Redactor`` last before rendering: values of known secret
-keys and auth headers are masked, and any secret value in use
+keys, auth headers and query parameters are masked, and any secret value in use
 (resolved passwords, session ids, tokens — registered by the session manager for as
 long as they are in use) is replaced wherever it appears in an event, also JSON-escaped
 or URL-encoded. Client-visible messages go through the same redactor.
@@ -49,14 +49,36 @@ SECRET_KEYS = frozenset(
     }
 )
 _USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
-_TOKEN_QUERY = re.compile(
-    r"(?i)([?&](?:[a-z_]*token|[a-z_]*secret|password|api_key|apikey|sessionid|session_id|nonce|code)=)[^&\s\"']*"
-)
+_QUERY_PARAM = re.compile(r"([?&]([^=&?\s\"']+)=)[^&\s\"']*")
 _MIN_SECRET = 4
-TRUNCATED = "…"  # marks vendor text cut short, so a cut-off secret can still be found
+_TRUNCATED = "…"  # marks vendor text cut short, so a cut-off secret can still be found
 
 
-def forms(value: str) -> set[str]:
+def _normal(name: str) -> str:
+    """A field, header or parameter name without case or separators (INFA-SESSION-ID)."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
+_SECRET_NAMES = frozenset(_normal(k) for k in SECRET_KEYS)
+_SECRET_SUFFIXES = ("token", "secret", "password", "sessionid", "apikey")
+# Names too generic for log fields (an event's ``code`` is an error code), but in a
+# query string they carry a secret (an OAuth ``code``, a ``sid``, a ``key``).
+_SECRET_PARAMS = _SECRET_NAMES | {"code", "nonce", "sid", "key"}
+
+
+def _is_secret_name(name: str) -> bool:
+    name = _normal(name)
+    return name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
+
+
+def _mask_param(match: re.Match[str]) -> str:
+    name = _normal(match.group(2))
+    if name in _SECRET_PARAMS or name.endswith(_SECRET_SUFFIXES):
+        return match.group(1) + MASK
+    return match.group(0)
+
+
+def _forms(value: str) -> set[str]:
     """``value`` as it may be quoted back: verbatim, JSON-escaped, URL-encoded."""
     return {
         value,
@@ -70,7 +92,7 @@ def forms(value: str) -> set[str]:
 
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, the cut marked so ``scrub`` can see it."""
-    return text if len(text) <= limit else text[:limit] + TRUNCATED
+    return text if len(text) <= limit else text[:limit] + _TRUNCATED
 
 
 def scrub(text: str, values: Iterable[str]) -> str:
@@ -79,15 +101,15 @@ def scrub(text: str, values: Iterable[str]) -> str:
     For messages built from a vendor's answer, which may quote what it was sent. Unlike
     the redactor it masks values of any length: it only sees the few a login handled.
     """
-    found = sorted({f for v in values if v for f in forms(v)}, key=len, reverse=True)
+    found = sorted({f for v in values if v for f in _forms(v)}, key=len, reverse=True)
     for form in found:
         text = text.replace(form, MASK)
-    if TRUNCATED in text:
+    if _TRUNCATED in text:
         for form in found:
             for end in range(len(form) - 1, 0, -1):
-                cut = form[:end] + TRUNCATED
+                cut = form[:end] + _TRUNCATED
                 if cut in text:
-                    text = text.replace(cut, MASK + TRUNCATED)
+                    text = text.replace(cut, MASK + _TRUNCATED)
                     break
     return text
 
@@ -138,7 +160,7 @@ class Redactor:
 
     def _hold(self, values: tuple[str, ...]) -> None:
         for value in values:
-            for form in forms(value):
+            for form in _forms(value):
                 if len(form) >= _MIN_SECRET:
                     count = self._held.get(form, 0)
                     self._held[form] = count + 1
@@ -146,7 +168,7 @@ class Redactor:
 
     def _drop(self, values: tuple[str, ...]) -> None:
         for value in values:
-            for form in forms(value):
+            for form in _forms(value):
                 if len(form) >= _MIN_SECRET:
                     count = self._held.pop(form) - 1
                     if count:
@@ -170,11 +192,11 @@ class Redactor:
         if "://" in value:
             value = _USERINFO.sub(MASK + "@", value)
         if "=" in value:
-            value = _TOKEN_QUERY.sub(r"\1" + MASK, value)
+            value = _QUERY_PARAM.sub(_mask_param, value)
         return value
 
     def value(self, key: str, value: Any) -> Any:
-        if key.lower() in SECRET_KEYS and value is not None:
+        if value is not None and _is_secret_name(key):
             return MASK
         if isinstance(value, str):
             return self.text(value)
@@ -188,7 +210,7 @@ class Redactor:
 
     def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
         for key, value in event.items():
-            if isinstance(value, str | Mapping | list | tuple) or key.lower() in SECRET_KEYS:
+            if isinstance(value, str | Mapping | list | tuple) or _is_secret_name(key):
                 event[key] = self.value(key, value)
         return event
 
