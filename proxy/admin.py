@@ -18,6 +18,7 @@ from aiohttp import web
 from proxy.config import is_loopback
 from proxy.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
 from proxy.guard import check_state_change
+from proxy.logs import REDACTOR
 from proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class Admin:
                 "state": st.state,
                 "logged_in_at": _iso(st.logged_in_at),
                 "expires_at": _iso(st.expires_at),
-                "last_error": st.last_error,
+                "last_error": None if st.last_error is None else REDACTOR.text(st.last_error),
                 "org": st.org,
                 "upstream": st.upstream,
             }

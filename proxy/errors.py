@@ -1,8 +1,10 @@
 """The one family of errors the proxy answers with, and their HTTP form (SPEC §7).
 
 Every failure a client can observe is a ``ProxyError``: a stable code, the HTTP status
-that goes with it, and one sentence a user can act on. Messages never carry secrets;
-the code that raises them only ever formats vendor error codes/texts and host names.
+that goes with it, and one sentence a user can act on. Messages never carry secrets:
+the code that raises them only formats vendor error codes/texts and host names, the
+session manager scrubs a login's secrets from a vendor text that quotes them, and the
+response passes the message through the log redactor as well.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import math
 
 from aiohttp import web
+
+from proxy.logs import REDACTOR
 
 STATUS_BY_CODE: dict[str, int] = {
     "no_route": 404,
@@ -60,7 +64,8 @@ class ProxyError(Exception):
         return self
 
     def to_response(self) -> web.Response:
-        body = {"error": {"code": self.code, "message": self.message, "route": self.route}}
+        message = REDACTOR.text(self.message)
+        body = {"error": {"code": self.code, "message": message, "route": self.route}}
         headers = {"X-Auth-Proxy-Error": self.code}
         if self.retry_after is not None:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))

@@ -1,9 +1,10 @@
 """Logging: structlog to stdout, JSON lines by default, with secrets masked (SPEC §8).
 
 Every event passes through ``Redactor`` last before rendering: values of known secret
-keys and auth headers are masked, and any secret value the proxy has seen (resolved
-passwords, session ids, tokens — registered by the session manager) is replaced wherever
-it appears in an event.
+keys, auth headers and query parameters are masked, and any secret value in use
+(resolved passwords, session ids, tokens — registered by the session manager for as
+long as they are in use) is replaced wherever it appears in an event, also JSON-escaped
+or URL-encoded. Client-visible messages go through the same redactor.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -47,36 +49,154 @@ SECRET_KEYS = frozenset(
     }
 )
 _USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
-_TOKEN_QUERY = re.compile(
-    r"(?i)([?&](?:[a-z_]*token|[a-z_]*secret|password|api_key|apikey|sessionid|session_id|nonce|code)=)[^&\s\"']*"
-)
+_QUERY_PARAM = re.compile(r"([?&]([^=&?\s\"']+)=)[^&\s\"']*")
 _MIN_SECRET = 4
+_TRUNCATED = "…"  # marks vendor text cut short, so a cut-off secret can still be found
+
+
+def _normal(name: str) -> str:
+    """A field, header or parameter name without case or separators (INFA-SESSION-ID)."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
+_SECRET_NAMES = frozenset(_normal(k) for k in SECRET_KEYS)
+_SECRET_SUFFIXES = ("token", "secret", "password", "sessionid", "apikey")
+# Names too generic for log fields (an event's ``code`` is an error code), but in a
+# query string they carry a secret (an OAuth ``code``, a ``sid``, a ``key``).
+_SECRET_PARAMS = _SECRET_NAMES | {"code", "nonce", "sid", "key"}
+
+
+def _is_secret_name(name: str) -> bool:
+    name = _normal(name)
+    return name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
+
+
+def _mask_param(match: re.Match[str]) -> str:
+    name = _normal(match.group(2))
+    if name in _SECRET_PARAMS or name.endswith(_SECRET_SUFFIXES):
+        return match.group(1) + MASK
+    return match.group(0)
+
+
+def _forms(value: str) -> set[str]:
+    """``value`` as it may be quoted back: verbatim, JSON-escaped, URL-encoded."""
+    return {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        quote(value, safe=""),
+        quote(value, safe="/"),
+        quote_plus(value),
+    }
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked so ``scrub`` can see it."""
+    return text if len(text) <= limit else text[:limit] + _TRUNCATED
+
+
+def scrub(text: str, values: Iterable[str]) -> str:
+    """``text`` with every form of ``values`` masked, including one cut off by ``clip``.
+
+    For messages built from a vendor's answer, which may quote what it was sent. Unlike
+    the redactor it masks values of any length: it only sees the few a login handled.
+    """
+    found = sorted({f for v in values if v for f in _forms(v)}, key=len, reverse=True)
+    for form in found:
+        text = text.replace(form, MASK)
+    if _TRUNCATED in text:
+        for form in found:
+            for end in range(len(form) - 1, 0, -1):
+                cut = form[:end] + _TRUNCATED
+                if cut in text:
+                    text = text.replace(cut, MASK + _TRUNCATED)
+                    break
+    return text
+
+
+class Registration:
+    """Values the redactor masks until ``release()``: owned by whatever may show them.
+
+    A lease holds its session's ids, a route its latest credentials; two owners may hold
+    the same value, which stays masked until both let go.
+    """
+
+    __slots__ = ("_redactor", "values")
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self.values: tuple[str, ...] = ()
+
+    def add(self, *values: str) -> None:
+        self._redactor._hold(values)
+        self.values += values
+
+    def release(self) -> None:
+        values, self.values = self.values, ()
+        self._redactor._drop(values)
 
 
 class Redactor:
-    """A structlog processor that masks secrets anywhere in an event dict."""
+    """A structlog processor that masks secrets anywhere in an event dict.
+
+    Besides secret-named fields, it masks the values registered with ``add()`` for as
+    long as they are held: the sessions in use and each route's latest credentials, so
+    its pattern (and the cost of a log line) does not grow with the proxy's history.
+    """
 
     def __init__(self) -> None:
-        self._values: set[str] = set()
+        self._held: dict[str, int] = {}  # form -> how many registrations hold it
         self._pattern: re.Pattern[str] | None = None
+        self._stale = False
 
-    def add(self, value: str) -> None:
-        if len(value) >= _MIN_SECRET and value not in self._values:
-            self._values.add(value)
-            alternatives = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(v) for v in alternatives))
+    def __len__(self) -> int:
+        """How many strings are masked (each held value in each of its forms)."""
+        return len(self._held)
+
+    def add(self, *values: str) -> Registration:
+        registration = Registration(self)
+        registration.add(*values)
+        return registration
+
+    def _hold(self, values: tuple[str, ...]) -> None:
+        for value in values:
+            for form in _forms(value):
+                if len(form) >= _MIN_SECRET:
+                    count = self._held.get(form, 0)
+                    self._held[form] = count + 1
+                    self._stale = self._stale or count == 0
+
+    def _drop(self, values: tuple[str, ...]) -> None:
+        for value in values:
+            for form in _forms(value):
+                if len(form) >= _MIN_SECRET:
+                    count = self._held.pop(form) - 1
+                    if count:
+                        self._held[form] = count
+                    else:
+                        self._stale = True
+
+    def _compile(self) -> None:
+        # Changes come in pairs (a new session, the old one released): compiled once,
+        # when next needed.
+        alternatives = sorted(self._held, key=len, reverse=True)
+        pattern = "|".join(re.escape(v) for v in alternatives)
+        self._pattern = re.compile(pattern) if pattern else None
+        self._stale = False
 
     def text(self, value: str) -> str:
+        if self._stale:
+            self._compile()
         if self._pattern is not None:
             value = self._pattern.sub(MASK, value)
         if "://" in value:
             value = _USERINFO.sub(MASK + "@", value)
         if "=" in value:
-            value = _TOKEN_QUERY.sub(r"\1" + MASK, value)
+            value = _QUERY_PARAM.sub(_mask_param, value)
         return value
 
     def value(self, key: str, value: Any) -> Any:
-        if key.lower() in SECRET_KEYS and value is not None:
+        if value is not None and _is_secret_name(key):
             return MASK
         if isinstance(value, str):
             return self.text(value)
@@ -90,7 +210,7 @@ class Redactor:
 
     def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
         for key, value in event.items():
-            if isinstance(value, str | Mapping | list | tuple) or key.lower() in SECRET_KEYS:
+            if isinstance(value, str | Mapping | list | tuple) or _is_secret_name(key):
                 event[key] = self.value(key, value)
         return event
 

@@ -7,7 +7,6 @@ so a request does no per-route work beyond dictionary lookups.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.clock import Clock
@@ -15,7 +14,7 @@ from proxy.config import Config, Route
 from proxy.flows import flow_for
 from proxy.outbound import Outbound, RouteClient
 from proxy.routing import Router
-from proxy.sessions import Lockouts, LoginObserver, RouteSessions
+from proxy.sessions import Lockouts, LoginObserver, Register, RouteSessions
 
 
 @dataclass(eq=False)
@@ -48,7 +47,7 @@ class Runtime:
         outbound: Outbound,
         *,
         clock: Clock,
-        on_secret: Callable[[str], None],
+        on_secret: Register,
         on_login: LoginObserver,
         previous: Runtime | None = None,
         lockouts: Lockouts,

@@ -23,6 +23,7 @@ from proxy.clock import Clock
 from proxy.credentials import Values, by_command, fingerprint, resolve_all
 from proxy.errors import LoginBackoff, LoginFailed, LoginRejected, ProxyError
 from proxy.flows.base import Flow, FlowGen, LoginRequest, LoginResponse, Session
+from proxy.logs import REDACTOR, Registration, scrub
 from proxy.secrets import Secret
 from proxy.workers import Lockout
 
@@ -30,6 +31,7 @@ log = structlog.get_logger("auth_proxy.sessions")
 
 Executor = Callable[[LoginRequest], Awaitable[LoginResponse]]
 LoginObserver = Callable[[str, str, float], None]  # route, result, seconds
+Register = Callable[..., Registration]  # masks values in logs until released
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -37,12 +39,16 @@ BACKOFF_MAX = 60.0
 
 @dataclass(eq=False, slots=True)
 class Lease:
-    """A session in use, with the wall-clock time it was last used (sliding expiry)."""
+    """A session in use, with the wall-clock time it was last used (sliding expiry).
+
+    It holds its session's secrets in the log redactor until it is retired.
+    """
 
     session: Session
     logged_in_at: float
     last_used: float
     idle_timeout: float | None
+    held: Registration
     _fixed_end: float = field(init=False)  # the earliest absolute end (JWT exp, ...)
     _idle: float | None = field(init=False)  # the sliding timeout, if it applies
 
@@ -110,7 +116,7 @@ class RouteSessions:
         idle_timeout: float | None,
         refresh_margin: float,
         login_retry_after: float,
-        on_secret: Callable[[str], None] = lambda _value: None,
+        on_secret: Register = REDACTOR.add,
         on_login: LoginObserver = lambda _route, _result, _seconds: None,
         lockouts: Lockouts | None = None,
     ) -> None:
@@ -122,7 +128,8 @@ class RouteSessions:
         self._idle_timeout = idle_timeout
         self._margin = refresh_margin
         self._retry_after = login_retry_after
-        self._on_secret = on_secret
+        self._register = on_secret
+        self._resolved = on_secret()  # what the latest login resolved (a password, ...)
         self._on_login = on_login
         self._lease: Lease | None = None
         self._task: asyncio.Task[Lease] | None = None
@@ -152,7 +159,7 @@ class RouteSessions:
                 with contextlib.suppress(ProxyError):
                     self._start(lease)
                 return lease
-            self._lease = None
+            self._retire(lease)
             log.info("session_expired", route=self.route)
             # A token that ran out inside a still-valid session is re-minted, not re-logged.
             return await self._shared(lease if self._can_renew(lease) else None)
@@ -178,7 +185,7 @@ class RouteSessions:
         """Forget ``used`` if it is still the current lease; True when it was."""
         if self._lease is not used:
             return False
-        self._lease = None
+        self._retire(used)
         log.info("session_invalidated", route=self.route, reason="upstream refused it")
         return True
 
@@ -216,6 +223,10 @@ class RouteSessions:
         renewing = previous is not None and self._can_renew(previous)
         started = time.perf_counter()
         kind = "renew" if renewing else "login"
+        # Masked while the attempt runs: the session it renews (its lease may be retired
+        # already) and every value it resolves, kept afterwards as the route's latest.
+        renewed = self._register(*(previous.session.secrets if renewing and previous else ()))
+        resolved = self._register()
         try:
             values, credentials = await self._read_credentials()
         except ProxyError as exc:  # an unreadable secret source
@@ -228,7 +239,7 @@ class RouteSessions:
             raise LoginRejected(lockout.message, route=self.route)
         try:
             gen = self.flow.renew(previous.session) if renewing and previous else self.flow.login()
-            session = await self._drive(gen, values)
+            session = await self._drive(gen, values, resolved, renewed)
         except LoginRejected as exc:
             exc.for_route(self.route)
             until = self._clock.now() + self._retry_after
@@ -251,8 +262,17 @@ class RouteSessions:
             err = LoginFailed(f"login failed unexpectedly ({type(exc).__name__})", route=self.route)
             self._fail(err, started)
             raise err from None
+        except asyncio.CancelledError:
+            resolved.release()  # logged out: nothing of this attempt is kept
+            raise
+        finally:
+            renewed.release()
+            self._resolved.release()
+            self._resolved = resolved
         now = self._clock.now()
-        self._lease = Lease(session, now, now, self._idle_timeout)
+        if self._lease is not None:  # renewed ahead of its end: replaced now
+            self._retire(self._lease)
+        self._lease = Lease(session, now, now, self._idle_timeout, self._register(*session.secrets))
         self._backoff_step = 0.0
         self.last_error = None
         elapsed = time.perf_counter() - started
@@ -307,7 +327,16 @@ class RouteSessions:
             session_left = min(session_left, lease.last_used + self._idle_timeout - now)
         return session_left > self._margin
 
-    async def _drive(self, gen: FlowGen, values: Values) -> Session:
+    def _retire(self, lease: Lease) -> None:
+        """``lease`` is no longer the current one: its secrets may leave the redactor."""
+        if self._lease is lease:
+            self._lease = None
+        lease.held.release()
+
+    async def _drive(
+        self, gen: FlowGen, values: Values, resolved: Registration, renewed: Registration
+    ) -> Session:
+        """Run a flow to its session; each secret value it uses is added to ``resolved``."""
         reply: LoginResponse | str | None = None
         try:
             while True:
@@ -316,7 +345,7 @@ class RouteSessions:
                     value = values.get(step)
                     if value is None:
                         value = await step.resolve()
-                    self._on_secret(value)
+                    resolved.add(value)
                     reply = value
                 else:
                     log.debug(
@@ -330,9 +359,14 @@ class RouteSessions:
                     reply = await self._execute(step)
         except StopIteration as stop:
             session: Session = stop.value
-            for value in session.secrets:
-                self._on_secret(value)
             return session
+        except ProxyError as exc:
+            # A vendor's refusal may quote what it was sent ("password 'x' is wrong"):
+            # scrubbed of this attempt's secrets before it is stored, logged or answered,
+            # whatever the log redactor happens to hold.
+            exc.message = scrub(exc.message, (*resolved.values, *renewed.values))
+            exc.args = (exc.message,)
+            raise
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -383,13 +417,16 @@ class RouteSessions:
         lease, self._lease = self._lease, None
         if self._task is not None:
             self._task.cancel()
+        self._resolved.release()
         if lease is None:
             return
-        request = self.flow.logout(lease.session)
-        if request is None:
-            return
         try:
+            request = self.flow.logout(lease.session)
+            if request is None:
+                return
             response = await self._execute(request)
             log.info("logout", route=self.route, status=response.status)
         except Exception as exc:
             log.warning("logout_failed", route=self.route, error=type(exc).__name__)
+        finally:
+            lease.held.release()

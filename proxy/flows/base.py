@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from proxy.errors import LoginFailed, LoginRejected, UntrustedUpstream
+from proxy.logs import clip
 from proxy.secrets import Secret
 
 MAX_LOGIN_BODY = 1 << 20
@@ -208,9 +209,9 @@ def vendor_error_text(response: LoginResponse) -> str:
                 text = data["message"][0]
     parts = [f"HTTP {response.status}"]
     if code:
-        parts.append(str(code)[:64])
+        parts.append(clip(str(code), 64))
     if text:
-        parts.append(str(text)[:300])
+        parts.append(clip(str(text), 300))
     return ": ".join(parts)
 
 

@@ -14,6 +14,7 @@ from xml.sax.saxutils import escape
 from proxy.config import SalesforceLogin
 from proxy.errors import LoginFailed, LoginRejected
 from proxy.flows.base import LoginRequest, LoginResponse, Reply, Step, call, secret
+from proxy.logs import clip
 
 WHAT = "Salesforce SOAP login"
 SOAP_HEADERS = {
@@ -105,7 +106,7 @@ def parse_login_response(response: LoginResponse) -> SalesforceSession:
 
 def _fault_error(fault: ET.Element, status: int) -> LoginRejected | LoginFailed:
     code = (_child_text(fault, "faultcode") or "").rpartition(":")[2]
-    text = (_child_text(fault, "faultstring") or code or "no faultstring")[:300]
+    text = clip(_child_text(fault, "faultstring") or code or "no faultstring", 300)
     if code in CREDENTIAL_FAULTS:
         return LoginRejected(f"{WHAT} was rejected (HTTP {status}: {text})")
     return LoginFailed(f"{WHAT} failed (HTTP {status}: {text})")

@@ -32,6 +32,7 @@ from proxy.sandbox.state import (
     random_id,
     read_json_object,
     read_jwt,
+    rejection_text,
     sign_jwt,
 )
 
@@ -116,8 +117,11 @@ def ids_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-def _bad_login_v2() -> web.Response:
-    return v2_error(403, "UI_10000", "User name or password is not valid.")
+_BAD_LOGIN = "User name or password is not valid."
+
+
+def _bad_login_v2(text: str = _BAD_LOGIN) -> web.Response:
+    return v2_error(403, "UI_10000", text)
 
 
 def _malformed_v2() -> web.Response:
@@ -238,7 +242,7 @@ class _LoginHost:
             return _malformed_v2()
         username = _check_password(self.state, body)
         if username is None:
-            return _bad_login_v2()
+            return _bad_login_v2(await rejection_text(self.state, request, _BAD_LOGIN))
         return self._v2_login_success(username, "iics-v2-login")
 
     async def login_saml(self, request: web.Request) -> web.Response:
@@ -312,7 +316,8 @@ class _LoginHost:
             return v3_error(400, "APP_10000", "The request body is not a valid JSON object.")
         username = _check_password(self.state, body)
         if username is None:
-            return v3_error(403, "IDS_085", "User name or password is not valid.")
+            text = await rejection_text(self.state, request, _BAD_LOGIN)
+            return v3_error(403, "IDS_085", text)
         user = self.state.iics_users[username]
         session = self.state.open_iics_session(username, "iics-v3-login")
         return web.json_response(

@@ -16,6 +16,7 @@ from proxy.sandbox.state import (
     random_id,
     read_json_object,
     read_jwt,
+    rejection_text,
     sign_jwt,
 )
 
@@ -75,10 +76,11 @@ class _Tenant:
             or body.get("password") != user.password
             or body.get("role") != user.role
         ):
-            return _bad_request(
+            usual = (
                 "Unhandled system exception: Tenant Not Found or wrong Password"
                 " or OpenID not Configured Properly."
             )
+            return _bad_request(await rejection_text(self.state, request, usual))
         now = self.state.clock.now()
         username = str(body["username"])
         if self.state.ivanti_session_kind == "jwt":

@@ -187,6 +187,10 @@ class SandboxState:
     login_delay: float = 0.0
     login_non_json: bool = False
     server_url_override: str | None = None
+    rejection_echo: str | None = None
+    """The text of a refused IICS v2/v3 or Ivanti login, for a vendor that echoes what it
+    was sent: ``{password}`` stands for the submitted password, ``{body}`` for the raw
+    request body. ``None``: the vendor's usual text."""
 
     # Journals
     logins: list[SeenRequest] = field(default_factory=list)
@@ -321,6 +325,15 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return body if isinstance(body, dict) else None
+
+
+async def rejection_text(state: SandboxState, request: web.Request, usual: str) -> str:
+    """The text of a refused login: ``usual``, or ``state.rejection_echo`` filled in."""
+    if state.rejection_echo is None:
+        return usual
+    body = await request.text()
+    password = (await read_json_object(request) or {}).get("password")
+    return state.rejection_echo.replace("{password}", str(password)).replace("{body}", body)
 
 
 def _is_small(request: web.Request) -> bool:
