@@ -23,11 +23,11 @@ from typing import Any
 
 import aiohttp
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
 from proxy.config import parse_config
-from proxy.logs import REDACTOR, setup_logging
+from proxy.core.clock import ManualClock
+from proxy.ops.logs import REDACTOR, setup_logging
 from proxy.sandbox import Sandbox, SandboxState, run_sandbox
+from proxy.server.app import ProxyServer
 
 PASSWORD = 'bench"pw/1 +x'
 PATHS = {"v2": "/saas/api/v2/agent", "ivs": "/api/odata/businessobject/incidents"}

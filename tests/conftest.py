@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from helpers import Served, Upstream, spawn_served
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
 from proxy.config import parse_config
-from proxy.logs import setup_logging
+from proxy.core.clock import ManualClock
+from proxy.ops.logs import setup_logging
 from proxy.sandbox import Sandbox, SandboxState, run_sandbox
+from proxy.server.app import ProxyServer
 
 PROXY_ENV = (
     "HTTP_PROXY",

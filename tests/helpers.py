@@ -15,8 +15,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from proxy.app import ProxyServer
 from proxy.sandbox import Sandbox
+from proxy.server.app import ProxyServer
 
 ROUTE_KEYS = ("headers", "upstream", "allowed_hosts")
 

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.logs import MASK, REDACTOR, AccessLog
+from proxy.ops.logs import MASK, REDACTOR, AccessLog
 
 
 @given(

@@ -17,10 +17,10 @@ import pytest
 from helpers import wait_for
 from multidict import CIMultiDictProxy
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
+from proxy.core.clock import ManualClock
 from proxy.sandbox import Sandbox, SeenRequest, mint_saml_token
 from proxy.sandbox.state import SalesforceUser
+from proxy.server.app import ProxyServer
 
 ORG_UUID = "5Xq2jG0mLwKzYbPdRt7sUe"
 

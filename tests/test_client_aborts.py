@@ -20,9 +20,9 @@ from aiohttp import web
 from helpers import Upstream, base, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
 from proxy.config import load_config
+from proxy.core.clock import ManualClock
+from proxy.server.app import ProxyServer
 
 MIB = 1024 * 1024
 UPSTREAM_ERRORS = ("upstream_unreachable", "upstream_timeout", "upstream_failed_mid_body")

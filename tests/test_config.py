@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from proxy.config import ConfigError, load_config, parse_config
-from proxy.errors import LoginFailed
+from proxy.core.errors import LoginFailed
 
 
 def one_route(auth: dict[str, Any] | None = None, **route: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from proxy.config import ConfigError, Header, HostPort, ResolveRule, parse_config
-from proxy.outbound import MappedResolver
+from proxy.upstream.client import MappedResolver
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,9 +19,9 @@ import pytest
 from aiohttp import web
 from helpers import Upstream, base, write_config
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
 from proxy.config import ConfigError, load_config, parse_config
+from proxy.core.clock import ManualClock
+from proxy.server.app import ProxyServer
 
 EVIL = "https://evil.example"
 PORTAL = "https://portal.example.com"

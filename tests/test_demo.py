@@ -7,10 +7,10 @@ import shlex
 import aiohttp
 from yarl import URL
 
-from proxy.app import ProxyServer
+from proxy.cli.demo import curl_lines, demo_config
 from proxy.config import parse_config
-from proxy.demo import curl_lines, demo_config
 from proxy.sandbox import Sandbox
+from proxy.server.app import ProxyServer
 
 
 async def test_every_printed_curl_line_works(

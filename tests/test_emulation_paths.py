@@ -15,12 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
-from proxy.app import ProxyServer
-from proxy.errors import BadRequest
+from proxy.core.errors import BadRequest
 from proxy.flows import FLOWS
 from proxy.flows.base import PLACEHOLDER_SESSION
-from proxy.paths import route_key, vendor_paths
 from proxy.sandbox import Sandbox
+from proxy.server.app import ProxyServer
+from proxy.server.paths import route_key, vendor_paths
 
 LOGOUTS = [
     "/saas/api/v2/user/%6Cogout",

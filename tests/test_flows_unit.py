@@ -21,7 +21,8 @@ from proxy.config import (
     IicsSamlAuth,
     IvantiSessionAuth,
 )
-from proxy.errors import LoginFailed, LoginRejected, UntrustedUpstream
+from proxy.core.errors import LoginFailed, LoginRejected, UntrustedUpstream
+from proxy.core.secrets import Secret
 from proxy.flows import FLOWS
 from proxy.flows.base import FlowGen, LoginRequest, LoginResponse, Session
 from proxy.flows.idmc import IdmcJwtFlow
@@ -32,7 +33,6 @@ from proxy.flows.iics import (
     IicsSamlFlow,
 )
 from proxy.flows.ivanti import IvantiSessionFlow
-from proxy.secrets import Secret
 
 LOGIN = "https://dm-us.informaticacloud.com"
 POD = "https://na1.dm-us.informaticacloud.com"

@@ -27,13 +27,13 @@ import requests
 import trustme
 import yaml
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
+from proxy.cli.demo import forward_demo
 from proxy.config import parse_config
-from proxy.demo import forward_demo
+from proxy.core.clock import ManualClock
 from proxy.flows.base import PLACEHOLDER_SESSION
 from proxy.sandbox import Sandbox, SandboxState, run_sandbox
-from proxy.tls import LocalCA
+from proxy.server.app import ProxyServer
+from proxy.server.tls import LocalCA
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGIN_HOST = "dm-us.informaticacloud.com"

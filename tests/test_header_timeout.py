@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 from helpers import Upstream, base
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
 from proxy.config import parse_config
+from proxy.core.clock import ManualClock
+from proxy.server.app import ProxyServer
 
 HEADER_TIMEOUT = 1.0
 PACE = 0.2  # seconds between two bytes of a slow client

@@ -21,11 +21,11 @@ from aiohttp import web
 from helpers import Upstream, base, iics_route, ivanti_key_route, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
 from proxy.config import load_config
-from proxy.logs import setup_logging
+from proxy.core.clock import ManualClock
+from proxy.ops.logs import setup_logging
 from proxy.sandbox import Sandbox
+from proxy.server.app import ProxyServer
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = "/saas/api/v2/agent"

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from helpers import Upstream, base
 
-from proxy.logs import MASK
+from proxy.ops.logs import MASK
 
 SECRET_PARAMS = (
     "icSessionId",
@@ -47,7 +47,7 @@ async def test_a_secret_query_parameter_is_masked_in_the_debug_log(
 
 
 def test_the_query_masking_keeps_other_parameters_and_plain_text() -> None:
-    from proxy.logs import Redactor
+    from proxy.ops.logs import Redactor
 
     text = Redactor().text
     assert text("/p?a=1&ICSESSIONID=s1&b=2&Ids_Session_Id=s2") == (

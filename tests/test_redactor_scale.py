@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 from helpers import base
 
-from proxy.clock import ManualClock
-from proxy.logs import REDACTOR
+from proxy.core.clock import ManualClock
+from proxy.ops.logs import REDACTOR
 from proxy.sandbox import Sandbox
 
 ROUNDS = 1000  # two routes: 2,000 logins

@@ -20,10 +20,10 @@ import trustme
 from aiohttp import web
 from helpers import Served, Upstream, base, iics_route, write_config
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
 from proxy.config import load_config
+from proxy.core.clock import ManualClock
 from proxy.sandbox import Sandbox, SandboxState, run_sandbox
+from proxy.server.app import ProxyServer
 
 AGENT = "/iics/saas/api/v2/agent"
 RELOADS = 100

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from helpers import base, iics_route
 
-from proxy.errors import LoginFailed, UntrustedUpstream
+from proxy.core.errors import LoginFailed, UntrustedUpstream
 from proxy.flows.base import server_url, trust_upstream
 from proxy.sandbox import Sandbox
 

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from helpers import Upstream, base, iics_route, wait_for
 
-from proxy.clock import ManualClock
-from proxy.errors import LoginBackoff, LoginFailed
+from proxy.core.clock import ManualClock
+from proxy.core.errors import LoginBackoff, LoginFailed
 from proxy.flows.base import (
     Flow,
     FlowGen,
@@ -22,7 +22,7 @@ from proxy.flows.base import (
     check_login,
 )
 from proxy.sandbox import Sandbox
-from proxy.sessions import RouteSessions
+from proxy.sessions.manager import RouteSessions
 
 V2_LOGIN = "iics-v2-login"
 

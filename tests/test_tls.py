@@ -21,9 +21,9 @@ import pytest
 import trustme
 from helpers import base, iics_route, ivanti_key_route
 
-from proxy.app import ProxyServer
-from proxy.clock import ManualClock
+from proxy.core.clock import ManualClock
 from proxy.sandbox import Sandbox, SandboxState, run_sandbox
+from proxy.server.app import ProxyServer
 
 AGENT = "/iics/saas/api/v2/agent"
 

@@ -4,7 +4,7 @@ A flow's ``login()`` is a generator in the style of httpx's ``auth_flow``: it yi
 ``Secret`` when it needs a credential (the driver resolves it and sends the value back),
 or a ``LoginRequest`` when it needs an HTTP call (the driver performs it and sends back a
 ``LoginResponse``), and finally returns a ``Session``. Protocol logic therefore stays
-testable by feeding it responses, and the driver in ``proxy.sessions`` owns all I/O,
+testable by feeding it responses, and the driver in ``proxy.sessions.manager`` owns all I/O,
 timeouts and single-flight rules.
 
 Flows raise ``LoginRejected`` when the vendor refused the credentials (never retried:
@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from proxy.errors import LoginFailed, LoginRejected, UntrustedUpstream
-from proxy.logs import clip
-from proxy.secrets import Secret
+from proxy.core.errors import LoginFailed, LoginRejected, UntrustedUpstream
+from proxy.core.secrets import Secret
+from proxy.ops.logs import clip
 
 MAX_LOGIN_BODY = 1 << 20
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from proxy.config import IdmcJwtAuth
-from proxy.errors import LoginFailed
+from proxy.core.errors import LoginFailed
 from proxy.flows.base import (
     JSON_HEADERS,
     Flow,

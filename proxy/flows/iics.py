@@ -20,7 +20,7 @@ from proxy.config import (
     IicsSalesforceAuth,
     IicsSamlAuth,
 )
-from proxy.errors import Forbidden, LoginFailed
+from proxy.core.errors import Forbidden, LoginFailed
 from proxy.flows.base import (
     JSON_HEADERS,
     PLACEHOLDER_SESSION,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from proxy.config import IvantiApiKeyAuth, IvantiSessionAuth
-from proxy.errors import LoginFailed
+from proxy.core.errors import LoginFailed
 from proxy.flows.base import (
     PLACEHOLDER_SESSION,
     Emulated,

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote_plus, urlencode
 
 from proxy.config import ClientCredentials
-from proxy.errors import LoginFailed, LoginRejected
+from proxy.core.errors import LoginFailed, LoginRejected
 from proxy.flows.base import (
     LoginRequest,
     LoginResponse,

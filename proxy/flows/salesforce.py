@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from proxy.config import SalesforceLogin
-from proxy.errors import LoginFailed, LoginRejected
+from proxy.core.errors import LoginFailed, LoginRejected
 from proxy.flows.base import LoginRequest, LoginResponse, Reply, Step, call, secret
-from proxy.logs import clip
+from proxy.ops.logs import clip
 
 WHAT = "Salesforce SOAP login"
 SOAP_HEADERS = {

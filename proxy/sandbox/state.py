@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
 
-from proxy.clock import Clock
+from proxy.core.clock import Clock
 
 JOURNAL_BODY_LIMIT = 64 * 1024
 """Request bodies at or above this size (or of unknown size) are journaled as ``None``."""

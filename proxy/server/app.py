@@ -19,22 +19,22 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy import cors, emulation
-from proxy.admin import Admin
-from proxy.clock import Clock
 from proxy.config import Config, ConfigError, is_loopback, load_config
-from proxy.errors import STATUS_BY_CODE, ClientAborted, Draining, NoRoute, ProxyError
-from proxy.forward import Outcome, forward
-from proxy.forward_proxy import ForwardProxyServer, route_for, target_of
-from proxy.guard import OPEN_ADMIN_PATHS, Guard
-from proxy.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer, allow_cors
-from proxy.logs import ACCESS_LOG, REDACTOR
-from proxy.metrics import Metrics
-from proxy.outbound import Outbound
-from proxy.routing import host_without_port
-from proxy.runtime import Runtime
-from proxy.sessions import LocalLockouts, Lockouts, SessionStatus
-from proxy.tls import LocalCA
+from proxy.core.clock import Clock
+from proxy.core.errors import STATUS_BY_CODE, ClientAborted, Draining, NoRoute, ProxyError
+from proxy.ops.logs import ACCESS_LOG, REDACTOR
+from proxy.ops.metrics import Metrics
+from proxy.server import cors, emulation
+from proxy.server.admin import Admin
+from proxy.server.connect import ForwardProxyServer, route_for, target_of
+from proxy.server.guard import OPEN_ADMIN_PATHS, Guard
+from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer, allow_cors
+from proxy.server.routing import host_without_port
+from proxy.server.runtime import Runtime
+from proxy.server.tls import LocalCA
+from proxy.sessions.manager import LocalLockouts, Lockouts, SessionStatus
+from proxy.upstream.client import Outbound
+from proxy.upstream.relay import Outcome, forward
 
 log = structlog.get_logger("auth_proxy")
 

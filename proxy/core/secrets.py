@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from proxy.errors import LoginFailed
+from proxy.core.errors import LoginFailed
 
 SecretKind = Literal["literal", "env", "file", "command"]
 

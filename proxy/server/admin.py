@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proxy.config import is_loopback
-from proxy.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
-from proxy.guard import check_state_change
-from proxy.logs import REDACTOR
-from proxy.metrics import CONTENT_TYPE
+from proxy.core.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
+from proxy.ops.logs import REDACTOR
+from proxy.ops.metrics import CONTENT_TYPE
+from proxy.server.guard import check_state_change
 
 if TYPE_CHECKING:
-    from proxy.app import ProxyServer
+    from proxy.server.app import ProxyServer
 
 
 def _iso(ts: float | None) -> str | None:

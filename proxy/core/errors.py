@@ -14,7 +14,7 @@ import math
 
 from aiohttp import web
 
-from proxy.logs import REDACTOR
+from proxy.ops.logs import REDACTOR
 
 STATUS_BY_CODE: dict[str, int] = {
     "no_route": 404,

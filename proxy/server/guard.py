@@ -29,8 +29,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, istr
 
 from proxy.config import Config, is_loopback
-from proxy.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
-from proxy.routing import Router
+from proxy.core.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
+from proxy.server.routing import Router
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ORIGIN = istr("Origin")

@@ -34,13 +34,13 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.errors import BadRequest, Draining, Forbidden, ProxyError, UpstreamUnreachable
-from proxy.httpserver import ProxyHttpServer, _Handler
-from proxy.routing import Matched, Router
-from proxy.tls import LocalCA
+from proxy.core.errors import BadRequest, Draining, Forbidden, ProxyError, UpstreamUnreachable
+from proxy.server.httpserver import ProxyHttpServer, _Handler
+from proxy.server.routing import Matched, Router
+from proxy.server.tls import LocalCA
 
 if TYPE_CHECKING:
-    from proxy.app import ProxyServer
+    from proxy.server.app import ProxyServer
 
 log = structlog.get_logger("auth_proxy.forward_proxy")
 
@@ -327,7 +327,7 @@ class _Sniffer(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as ones.
         self._transport = cast(asyncio.Transport, transport)
         self._server._open.add(self._transport)
-        # A CONNECT head has as long as any request head (see proxy.httpserver).
+        # A CONNECT head has as long as any request head (see proxy.server.httpserver).
         timeout = self._server.header_timeout
         self._timer = asyncio.get_running_loop().call_later(timeout, transport.close)
 

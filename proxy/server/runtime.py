@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from proxy.clock import Clock
 from proxy.config import Config, Route
+from proxy.core.clock import Clock
 from proxy.flows import flow_for
-from proxy.outbound import Outbound, RouteClient
-from proxy.routing import Router
-from proxy.sessions import Lockouts, LoginObserver, Register, RouteSessions
+from proxy.server.routing import Router
+from proxy.sessions.manager import Lockouts, LoginObserver, Register, RouteSessions
+from proxy.upstream.client import Outbound, RouteClient
 
 
 @dataclass(eq=False)

@@ -11,10 +11,10 @@ import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
-from proxy.app import ProxyServer
 from proxy.config import Config
-from proxy.errors import ProxyError
-from proxy.logs import REDACTOR
+from proxy.core.errors import ProxyError
+from proxy.ops.logs import REDACTOR
+from proxy.server.app import ProxyServer
 
 
 @dataclass(slots=True)

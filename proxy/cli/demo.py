@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from proxy.config import parse_config
-from proxy.logs import setup_logging
+from proxy.ops.logs import setup_logging
 from proxy.sandbox import SandboxState, SandboxUrls, run_sandbox
-from proxy.tls import LocalCA
+from proxy.server.tls import LocalCA
 
 if TYPE_CHECKING:
-    from proxy.app import ProxyServer
+    from proxy.server.app import ProxyServer
 
 DEMO_ORG = "5Xq2jG0mLwKzYbPdRt7sUe"  # the sandbox org's id
 
@@ -164,7 +164,7 @@ async def forward_demo(
     port: int, state_dir: Path, sandbox_port: int = 0, **proxy_args: Any
 ) -> AsyncIterator[tuple[ProxyServer, list[str]]]:
     """The sandbox under vendor names and a forward-proxy-mode proxy in front of it."""
-    from proxy.app import ProxyServer
+    from proxy.server.app import ProxyServer
 
     sandbox_ca = LocalCA.load_or_create(
         state_dir / "sandbox-ca.pem",
@@ -197,7 +197,7 @@ async def _run_forward_demo(port: int, sandbox_port: int) -> int:
 
 
 async def run_demo(port: int, sandbox_port: int = 0, forward_proxy: bool = False) -> int:
-    from proxy.app import ProxyServer
+    from proxy.server.app import ProxyServer
 
     if forward_proxy:
         return await _run_forward_demo(port, sandbox_port)

@@ -5,7 +5,7 @@ the ``serverUrl`` it gets back. The route's flow builds a vendor-shaped answer f
 real session — URLs pointing back at the proxy, a placeholder session id — so the tool
 works unchanged and never sees the real session. Logouts are answered without touching
 the shared session; ``logoutall`` is refused. Paths are matched as the vendor may read
-them (``proxy.paths``), so an encoded, dotted or differently cased logout is caught too.
+them (``proxy.server.paths``), so an encoded, dotted or differently cased logout is caught too.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from proxy.paths import is_plain, route_key, vendor_paths
+from proxy.server.paths import is_plain, route_key, vendor_paths
 
 if TYPE_CHECKING:
-    from proxy.runtime import RouteRuntime
+    from proxy.server.runtime import RouteRuntime
 
 
 # Kept from the vendor whatever the method: its router may not look at the method, and
@@ -29,7 +29,7 @@ SESSION_ENDING = ("logoutall", "logout")
 def emulated_kind(route: RouteRuntime, method: str, rest: str) -> str | None:
     """The kind of call the proxy answers itself for ``rest``, or None to forward it.
 
-    ``rest`` is matched as the vendor may read it (``proxy.paths``); when its readings
+    ``rest`` is matched as the vendor may read it (``proxy.server.paths``); when its readings
     differ, the most protective kind wins. Logins are answered for POST only: another
     method opens no session. Raises ``BadRequest`` for a path climbing out of the route,
     on every route, since this runs before any request is forwarded.

@@ -19,14 +19,14 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from proxy.errors import ClientAborted, UpstreamTimeout, UpstreamUnreachable
-from proxy.logs import VERBOSITY
-from proxy.outbound import _reason
-from proxy.watchdog import Watch
+from proxy.core.errors import ClientAborted, UpstreamTimeout, UpstreamUnreachable
+from proxy.ops.logs import VERBOSITY
+from proxy.upstream.client import _reason
+from proxy.upstream.watchdog import Watch
 
 if TYPE_CHECKING:
-    from proxy.runtime import RouteRuntime
-    from proxy.sessions import Lease
+    from proxy.server.runtime import RouteRuntime
+    from proxy.sessions.manager import Lease
 
 log = structlog.get_logger("auth_proxy.forward")
 

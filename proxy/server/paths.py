@@ -25,7 +25,7 @@ import re
 import string
 from urllib.parse import unquote
 
-from proxy.errors import BadRequest
+from proxy.core.errors import BadRequest
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")

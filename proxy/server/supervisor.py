@@ -8,7 +8,7 @@ dies unexpectedly, and exits when they have all stopped.
 Workers share one thing: a login lockout board. A vendor that rejected the credentials
 in one worker must not be asked again by the others (accounts lock), so a rejection is
 written to a small file per route that every worker reads before it logs in. An entry
-names the rejected credentials by a keyed fingerprint (``proxy.credentials``); the key
+names the rejected credentials by a keyed fingerprint (``proxy.sessions.credentials``); the key
 is made once in the supervisor, so the workers it forks compare the same fingerprints.
 """
 
@@ -77,7 +77,7 @@ Sockets = dict[tuple[str, int], socket.socket]  # keyed by the configured (host,
 
 def bind_listeners(config: Config) -> Sockets:
     """One SO_REUSEPORT socket per listener, on the configured ports (0: any free one)."""
-    from proxy.app import bind_socket
+    from proxy.server.app import bind_socket
 
     wanted = [(config.listen.host, config.listen.port)] + [
         (r.match.listen.host or config.listen.host, r.match.listen.port)
@@ -100,7 +100,7 @@ class Supervisor:
 
     def _bind(self) -> Sockets:
         """Fresh SO_REUSEPORT sockets on the ports the first worker's sockets got."""
-        from proxy.app import bind_socket
+        from proxy.server.app import bind_socket
 
         return {key: bind_socket(key[0], port, reuse_port=True) for key, port in self.ports.items()}
 

@@ -19,13 +19,13 @@ from typing import Protocol
 
 import structlog
 
-from proxy.clock import Clock
-from proxy.credentials import Values, by_command, fingerprint, resolve_all
-from proxy.errors import LoginBackoff, LoginFailed, LoginRejected, ProxyError
+from proxy.core.clock import Clock
+from proxy.core.errors import LoginBackoff, LoginFailed, LoginRejected, ProxyError
+from proxy.core.secrets import Secret
 from proxy.flows.base import Flow, FlowGen, LoginRequest, LoginResponse, Session
-from proxy.logs import REDACTOR, Registration, scrub
-from proxy.secrets import Secret
-from proxy.workers import Lockout
+from proxy.ops.logs import REDACTOR, Registration, scrub
+from proxy.server.supervisor import Lockout
+from proxy.sessions.credentials import Values, by_command, fingerprint, resolve_all
 
 log = structlog.get_logger("auth_proxy.sessions")
 

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from proxy.config import SESSION_TUNING_KEYS
-from proxy.secrets import Secret
+from proxy.core.secrets import Secret
 
 Values = Mapping[Secret, str]
 

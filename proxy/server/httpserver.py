@@ -24,8 +24,8 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from proxy import cors
-from proxy.errors import BadRequest, ProxyError
+from proxy.core.errors import BadRequest, ProxyError
+from proxy.server import cors
 
 log = structlog.get_logger("auth_proxy.http")
 

@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from proxy.secrets import Secret
+from proxy.core.secrets import Secret
 
 
 class ConfigError(Exception):

@@ -32,10 +32,10 @@ from proxy.config import (
     is_loopback,
     load_config,
 )
-from proxy.errors import ProxyError
-from proxy.logs import setup_logging
-from proxy.secrets import Secret
-from proxy.workers import LockoutBoard
+from proxy.core.errors import ProxyError
+from proxy.core.secrets import Secret
+from proxy.ops.logs import setup_logging
+from proxy.server.supervisor import LockoutBoard
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 COMMANDS = ("serve", "check", "clear", "demo", "sandbox", "ca")
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "clear":
             return _clear(_load(args.config), args.route)
         if command == "demo":
-            from proxy.demo import run_demo
+            from proxy.cli.demo import run_demo
 
             return _run(run_demo(args.port, args.sandbox_port, args.forward_proxy))
         if command == "sandbox":
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return _run(serve_forever(args.port))
         if command == "ca":
-            from proxy.tls import print_ca
+            from proxy.server.tls import print_ca
 
             return print_ca(_load(args.config))
     except ConfigError as exc:
@@ -161,7 +161,7 @@ def _serve(config: Config, config_path: Path | None = None) -> int:
     check_startup(config)
     setup_logging(config.log.level, config.log.format)
     if config.workers > 1:
-        from proxy.workers import run_workers
+        from proxy.server.supervisor import run_workers
 
         return run_workers(config, config_path)
     return _run(serve(config, config_path))
@@ -174,7 +174,7 @@ async def serve(
     sockets: dict[tuple[str, int], socket.socket] | None = None,
     lockouts: LockoutBoard | None = None,
 ) -> int:
-    from proxy.app import ProxyServer
+    from proxy.server.app import ProxyServer
 
     server = ProxyServer(config, config_path=config_path, lockouts=lockouts)
     await server.start(sockets)
@@ -200,7 +200,7 @@ def _check(config: Config, login: list[str] | None) -> int:
         print(line)
     if login is None:
         return EXIT_OK
-    from proxy.login_check import check_logins, failure_lines, report_table
+    from proxy.cli.check import check_logins, failure_lines, report_table
 
     names = list(dict.fromkeys(login)) or [route.name for route in config.routes]
     unknown = [n for n in names if n not in {route.name for route in config.routes}]

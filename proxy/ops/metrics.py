@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from proxy.sessions import SessionStatus
+from proxy.sessions.manager import SessionStatus
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 UNROUTED = ""  # the route label of requests that matched no route

@@ -29,9 +29,9 @@ from yarl import URL
 
 from proxy import __version__
 from proxy.config import ResolveRule, UpstreamSettings
-from proxy.errors import LoginFailed
+from proxy.core.errors import LoginFailed
 from proxy.flows.base import MAX_LOGIN_BODY, LoginRequest, LoginResponse
-from proxy.watchdog import Watchdog
+from proxy.upstream.watchdog import Watchdog
 
 log = structlog.get_logger("auth_proxy.outbound")
 

@@ -1,0 +1,1 @@
+"""The base layer: errors, clock, secret sources, host names. Imports no aiohttp."""

@@ -1,0 +1,1 @@
+"""Operations: logging (with redaction) and metrics."""

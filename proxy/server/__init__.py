@@ -1,0 +1,1 @@
+"""The HTTP side: listeners, the request pipeline, admin endpoints, CONNECT, reload."""

@@ -1,0 +1,1 @@
+"""The session per route: single flight, expiry, lockout and backoff rules."""
