@@ -8,7 +8,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.ops.logs import MASK, REDACTOR, AccessLog
+from proxy.core.masking import MASK
+from proxy.ops.logs import REDACTOR, AccessLog
 
 
 @given(

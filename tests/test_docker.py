@@ -20,7 +20,8 @@ import yaml
 from helpers import ivanti_key_route
 
 from proxy.cli import COMMANDS
-from proxy.config import Config, ConfigError, is_loopback, parse_config
+from proxy.config import Config, ConfigError, parse_config
+from proxy.core.hosts import is_loopback
 from proxy.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from helpers import Upstream, base
 
-from proxy.ops.logs import MASK
+from proxy.core.masking import MASK
 
 SECRET_PARAMS = (
     "icSessionId",

@@ -161,7 +161,8 @@ async def test_no_marker_or_issued_secret_in_logs_or_responses(
 
 
 def test_the_redactor_masks_keys_headers_userinfo_token_queries_and_known_values() -> None:
-    from proxy.ops.logs import MASK, Redactor
+    from proxy.core.masking import MASK
+    from proxy.ops.logs import Redactor
 
     redactor = Redactor()
     redactor.add("s3ss10n-1d-value")

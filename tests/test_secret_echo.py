@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from helpers import ROOT, base, write_config
 
-from proxy.ops.logs import MASK
+from proxy.core.masking import MASK
 from proxy.sandbox import Sandbox
 
 PASSWORD = 'Mk8echo"Q7zz/4b1d%&x+y'  # JSON, URL and form encodings all differ
@@ -125,6 +125,6 @@ async def test_check_login_prints_no_echoed_password(
     ],
 )
 def test_scrub_masks_a_value_verbatim_escaped_encoded_or_cut_off(text: str, expected: str) -> None:
-    from proxy.ops.logs import scrub
+    from proxy.core.masking import scrub
 
     assert scrub(text, [PASSWORD, "unrelated-value"]) == expected

@@ -1,6 +1,7 @@
-"""``auth-proxy check --login``: log each route in once, report what the login found.
+"""``auth-proxy check``: validate the config and print its routes (secrets masked); with
+``--login``, log each route in once and report what the login found.
 
-It goes through the same session manager and flows as serving does (a ``ProxyServer``
+The login check goes through the same session manager and flows as serving does (a ``ProxyServer``
 that never listens), so a route that passes here logs in the same way under load. The
 sessions it opens are logged out before it returns.
 """
@@ -9,11 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sys
 from dataclasses import dataclass
+from typing import Any
 
-from proxy.config import Config
+from pydantic import BaseModel
+
+from proxy.cli.run import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, install_uvloop
+from proxy.config import SESSION_TUNING_KEYS, Config
 from proxy.core.errors import ProxyError
-from proxy.ops.logs import REDACTOR
+from proxy.core.secrets import Secret
+from proxy.ops.logs import REDACTOR, setup_logging
 from proxy.server.app import ProxyServer
 
 
@@ -79,3 +86,63 @@ def failure_lines(reports: list[LoginReport]) -> list[str]:
         for r in reports
         if r.error is not None
     ]
+
+
+def check_command(config: Config, login: list[str] | None) -> int:
+    for line in describe_routes(config):
+        print(line)
+    if login is None:
+        return EXIT_OK
+    names = list(dict.fromkeys(login)) or [route.name for route in config.routes]
+    unknown = [n for n in names if n not in {route.name for route in config.routes}]
+    if unknown:
+        known = ", ".join(route.name for route in config.routes)
+        print(f"auth-proxy: unknown route {', '.join(unknown)} (routes: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    # Log lines would break the table: only errors, and to stderr.
+    setup_logging("error", "console", stream=sys.stderr)
+    install_uvloop()
+    reports = asyncio.run(check_logins(config, names))
+    print()
+    for line in report_table(reports):
+        print(line)
+    failures = failure_lines(reports)
+    for line in failures:
+        print(f"auth-proxy: {line}", file=sys.stderr)
+    return EXIT_RUNTIME if failures else EXIT_OK
+
+
+def describe_routes(config: Config) -> list[str]:
+    listen = f"{config.listen.host}:{config.listen.port}"
+    lines = [f"config ok: {len(config.routes)} route(s), listening on {listen}"]
+    for route in config.routes:
+        m = route.match
+        where = (
+            f"prefix {m.prefix}"
+            if m.prefix
+            else f"host {', '.join(m.host)}"
+            if m.host
+            else f"port {m.listen.port}"
+            if m.listen
+            else "?"
+        )
+        lines.append(f"- {route.name}: {where} -> {route.auth.type}")
+        lines.extend(f"    {key}: {value}" for key, value in _fields(route.auth) if key != "type")
+    return lines
+
+
+def _fields(model: BaseModel) -> list[tuple[str, str]]:
+    """Set fields for display, the vendor's own before the session tuning ones."""
+    keys = sorted(type(model).model_fields, key=lambda k: k in SESSION_TUNING_KEYS)
+    return [(k, _masked(getattr(model, k))) for k in keys if getattr(model, k) is not None]
+
+
+def _masked(value: Any) -> str:
+    """A config value for display: secrets described by their source, never their value."""
+    if isinstance(value, Secret):
+        return value.describe()
+    if isinstance(value, BaseModel):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in _fields(value)) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_masked(v) for v in value) + "]"
+    return str(value)

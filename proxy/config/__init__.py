@@ -14,7 +14,6 @@ names the nearest valid one.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 import types
@@ -584,14 +583,14 @@ class Config(_Model):
     def upstream_for(self, route: Route) -> UpstreamSettings:
         return self.upstream.merged(route.upstream)
 
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    def listeners(self) -> tuple[tuple[str, int, str | None], ...]:
+        """Every address to listen on: the main listener (route None), then each route's own."""
+        own = tuple(
+            (r.match.listen.host or self.listen.host, r.match.listen.port, r.name)
+            for r in self.routes
+            if r.match.listen is not None
+        )
+        return ((self.listen.host, self.listen.port, None), *own)
 
 
 def _check_routes(config: Config) -> list[Problem]:

@@ -9,13 +9,6 @@ response passes the message through the log redactor as well.
 
 from __future__ import annotations
 
-import json
-import math
-
-from aiohttp import web
-
-from proxy.ops.logs import REDACTOR
-
 STATUS_BY_CODE: dict[str, int] = {
     "no_route": 404,
     "client_unauthorized": 401,
@@ -62,19 +55,6 @@ class ProxyError(Exception):
         if self.route is None:
             self.route = route
         return self
-
-    def to_response(self) -> web.Response:
-        message = REDACTOR.text(self.message)
-        body = {"error": {"code": self.code, "message": message, "route": self.route}}
-        headers = {"X-Auth-Proxy-Error": self.code}
-        if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
-        return web.Response(
-            status=self.status,
-            body=json.dumps(body).encode(),
-            content_type="application/json",
-            headers=headers,
-        )
 
 
 class NoRoute(ProxyError):

@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from proxy.core.errors import LoginFailed, LoginRejected, UntrustedUpstream
+from proxy.core.hosts import host_matches
+from proxy.core.masking import clip
 from proxy.core.secrets import Secret
-from proxy.ops.logs import clip
 
 MAX_LOGIN_BODY = 1 << 20
 
@@ -340,16 +341,6 @@ def trust_upstream(url: str, login_url: str, allowed_hosts: tuple[str, ...]) -> 
         f"the login answer points at {host}, which is neither the login host {login_host} "
         "nor in allowed_hosts; it was not contacted"
     )
-
-
-def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
-    for pattern in patterns:
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]):
-                return True
-        elif host == pattern:
-            return True
-    return False
 
 
 def jwt_claims(token: str) -> dict[str, Any] | None:

@@ -13,8 +13,8 @@ from xml.sax.saxutils import escape
 
 from proxy.config import SalesforceLogin
 from proxy.core.errors import LoginFailed, LoginRejected
+from proxy.core.masking import clip
 from proxy.flows.base import LoginRequest, LoginResponse, Reply, Step, call, secret
-from proxy.ops.logs import clip
 
 WHAT = "Salesforce SOAP login"
 SOAP_HEADERS = {

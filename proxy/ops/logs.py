@@ -15,103 +15,20 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
-from urllib.parse import quote, quote_plus
 
 import structlog
 
-MASK = "****"
-SECRET_KEYS = frozenset(
-    {
-        "password",
-        "api_key",
-        "apikey",
-        "token",
-        "access_token",
-        "client_secret",
-        "secret",
-        "authorization",
-        "proxy-authorization",
-        "icsessionid",
-        "infa-session-id",
-        "ids-session-id",
-        "session_id",
-        "sessionid",
-        "cookie",
-        "set-cookie",
-        "saml_token",
-        "oauth_token",
-        "jwt",
-        "jwt_token",
-        "security_token",
-        "sf_session_id",
-    }
+from proxy.core.masking import (
+    MASK,
+    MIN_SECRET,
+    QUERY_PARAM,
+    USERINFO,
+    forms,
+    is_secret_name,
+    mask_param,
 )
-_USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
-_QUERY_PARAM = re.compile(r"([?&]([^=&?\s\"']+)=)[^&\s\"']*")
-_MIN_SECRET = 4
-_TRUNCATED = "…"  # marks vendor text cut short, so a cut-off secret can still be found
-
-
-def _normal(name: str) -> str:
-    """A field, header or parameter name without case or separators (INFA-SESSION-ID)."""
-    return name.lower().replace("-", "").replace("_", "")
-
-
-_SECRET_NAMES = frozenset(_normal(k) for k in SECRET_KEYS)
-_SECRET_SUFFIXES = ("token", "secret", "password", "sessionid", "apikey")
-# Names too generic for log fields (an event's ``code`` is an error code), but in a
-# query string they carry a secret (an OAuth ``code``, a ``sid``, a ``key``).
-_SECRET_PARAMS = _SECRET_NAMES | {"code", "nonce", "sid", "key"}
-
-
-def _is_secret_name(name: str) -> bool:
-    name = _normal(name)
-    return name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
-
-
-def _mask_param(match: re.Match[str]) -> str:
-    name = _normal(match.group(2))
-    if name in _SECRET_PARAMS or name.endswith(_SECRET_SUFFIXES):
-        return match.group(1) + MASK
-    return match.group(0)
-
-
-def _forms(value: str) -> set[str]:
-    """``value`` as it may be quoted back: verbatim, JSON-escaped, URL-encoded."""
-    return {
-        value,
-        json.dumps(value)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1],
-        quote(value, safe=""),
-        quote(value, safe="/"),
-        quote_plus(value),
-    }
-
-
-def clip(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, the cut marked so ``scrub`` can see it."""
-    return text if len(text) <= limit else text[:limit] + _TRUNCATED
-
-
-def scrub(text: str, values: Iterable[str]) -> str:
-    """``text`` with every form of ``values`` masked, including one cut off by ``clip``.
-
-    For messages built from a vendor's answer, which may quote what it was sent. Unlike
-    the redactor it masks values of any length: it only sees the few a login handled.
-    """
-    found = sorted({f for v in values if v for f in _forms(v)}, key=len, reverse=True)
-    for form in found:
-        text = text.replace(form, MASK)
-    if _TRUNCATED in text:
-        for form in found:
-            for end in range(len(form) - 1, 0, -1):
-                cut = form[:end] + _TRUNCATED
-                if cut in text:
-                    text = text.replace(cut, MASK + _TRUNCATED)
-                    break
-    return text
 
 
 class Registration:
@@ -160,16 +77,16 @@ class Redactor:
 
     def _hold(self, values: tuple[str, ...]) -> None:
         for value in values:
-            for form in _forms(value):
-                if len(form) >= _MIN_SECRET:
+            for form in forms(value):
+                if len(form) >= MIN_SECRET:
                     count = self._held.get(form, 0)
                     self._held[form] = count + 1
                     self._stale = self._stale or count == 0
 
     def _drop(self, values: tuple[str, ...]) -> None:
         for value in values:
-            for form in _forms(value):
-                if len(form) >= _MIN_SECRET:
+            for form in forms(value):
+                if len(form) >= MIN_SECRET:
                     count = self._held.pop(form) - 1
                     if count:
                         self._held[form] = count
@@ -190,13 +107,13 @@ class Redactor:
         if self._pattern is not None:
             value = self._pattern.sub(MASK, value)
         if "://" in value:
-            value = _USERINFO.sub(MASK + "@", value)
+            value = USERINFO.sub(MASK + "@", value)
         if "=" in value:
-            value = _QUERY_PARAM.sub(_mask_param, value)
+            value = QUERY_PARAM.sub(mask_param, value)
         return value
 
     def value(self, key: str, value: Any) -> Any:
-        if value is not None and _is_secret_name(key):
+        if value is not None and is_secret_name(key):
             return MASK
         if isinstance(value, str):
             return self.text(value)
@@ -210,7 +127,7 @@ class Redactor:
 
     def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
         for key, value in event.items():
-            if isinstance(value, str | Mapping | list | tuple) or _is_secret_name(key):
+            if isinstance(value, str | Mapping | list | tuple) or is_secret_name(key):
                 event[key] = self.value(key, value)
         return event
 

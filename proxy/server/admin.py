@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from proxy.config import is_loopback
 from proxy.core.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
+from proxy.core.hosts import is_loopback
 from proxy.ops.logs import REDACTOR
 from proxy.ops.metrics import CONTENT_TYPE
 from proxy.server.guard import check_state_change
+from proxy.server.responses import error_response
 
 if TYPE_CHECKING:
     from proxy.server.app import ProxyServer
@@ -44,7 +45,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def _post_only(message: str) -> web.Response:
-    response = MethodNotAllowed(message).to_response()
+    response = error_response(MethodNotAllowed(message))
     response.headers["Allow"] = "POST"
     return response
 
@@ -70,19 +71,19 @@ class Admin:
             return await self.reload(request)
         if path.startswith(SESSIONS) and path.endswith(CLEAR):
             return self.clear(request, path[len(SESSIONS) : -len(CLEAR)])
-        return NoRoute(f"no admin endpoint {path}").to_response()
+        return error_response(NoRoute(f"no admin endpoint {path}"))
 
     async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != "POST":
             return _post_only("use POST to reload the config")
         if not is_loopback(request.remote or ""):
-            return Forbidden("reload is only accepted from a loopback address").to_response()
+            return error_response(Forbidden("reload is only accepted from a loopback address"))
         check_state_change(request)  # raises; rendered by the request handler
         # Shielded: a client hanging up cancels its handler, and must not stop a reload
         # half-way (client tokens loaded, config not swapped).
         result = await asyncio.shield(self.server.reload_from_file())
         if not result.ok:
-            return BadRequest(f"config not reloaded: {result.error}").to_response()
+            return error_response(BadRequest(f"config not reloaded: {result.error}"))
         return _json(
             {
                 "status": "reloaded",
@@ -99,11 +100,11 @@ class Admin:
         if request.method != "POST":
             return _post_only("use POST to clear a lockout")
         if not is_loopback(request.remote or ""):
-            return Forbidden("clear is only accepted from a loopback address").to_response()
+            return error_response(Forbidden("clear is only accepted from a loopback address"))
         check_state_change(request)  # raises; rendered by the request handler
         rt = self.server.runtime.routes.get(route)
         if rt is None:
-            return NoRoute(f"no route named {route!r}").to_response()
+            return error_response(NoRoute(f"no route named {route!r}"))
         lifted = rt.sessions.clear_lockout()
         return _json({"status": "cleared", "route": route, "lockout": lifted})
 

@@ -19,9 +19,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy.config import Config, ConfigError, is_loopback, load_config
+from proxy.config import Config, ConfigError, load_config
 from proxy.core.clock import Clock
 from proxy.core.errors import STATUS_BY_CODE, ClientAborted, Draining, NoRoute, ProxyError
+from proxy.core.hosts import host_without_port, is_loopback
 from proxy.ops.logs import ACCESS_LOG, REDACTOR
 from proxy.ops.metrics import Metrics
 from proxy.server import cors, emulation
@@ -29,10 +30,12 @@ from proxy.server.admin import Admin
 from proxy.server.connect import ForwardProxyServer, route_for, target_of
 from proxy.server.guard import OPEN_ADMIN_PATHS, Guard
 from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer, allow_cors
-from proxy.server.routing import host_without_port
+from proxy.server.responses import error_response
 from proxy.server.runtime import Runtime
+from proxy.server.startup import check_startup
 from proxy.server.tls import LocalCA
-from proxy.sessions.manager import LocalLockouts, Lockouts, SessionStatus
+from proxy.sessions.lockout import LocalLockouts, Lockouts
+from proxy.sessions.manager import SessionStatus
 from proxy.upstream.client import Outbound
 from proxy.upstream.relay import Outcome, forward
 
@@ -281,7 +284,7 @@ class ProxyServer:
             elif exc.code not in ("login_rejected", "login_failed", "login_backoff"):
                 # Login outcomes are logged once by the session manager.
                 log.warning("request_failed", route=route_name, code=exc.code, reason=exc.message)
-            answer = exc.to_response()
+            answer = error_response(exc)
             if self.draining:
                 answer.force_close()  # no keep-alive: the client's next try must reconnect
             return answer
@@ -322,7 +325,7 @@ class ProxyServer:
         try:
             preflight = self._check_browser(request)
         except ProxyError as exc:
-            return exc.to_response()
+            return error_response(exc)
         return preflight or await self.admin.handle(request, path)
 
     def _next_request_id(self) -> str:
@@ -386,8 +389,6 @@ class ProxyServer:
 
     async def reload_from_file(self) -> ReloadResult:
         """Re-read the config file (by path, so renames and symlink swaps are seen)."""
-        from proxy.cli import check_startup  # the same start-up policy, without a cycle
-
         try:
             if self.config_path is None:
                 raise ConfigError("the proxy was not started from a config file")

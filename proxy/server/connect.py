@@ -23,8 +23,6 @@ adds the vendor session to them and never sends it in clear text.
 from __future__ import annotations
 
 import asyncio
-import http
-import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -36,6 +34,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.core.errors import BadRequest, Draining, Forbidden, ProxyError, UpstreamUnreachable
 from proxy.server.httpserver import ProxyHttpServer, _Handler
+from proxy.server.responses import error_bytes
 from proxy.server.routing import Matched, Router
 from proxy.server.tls import LocalCA
 
@@ -136,21 +135,6 @@ def parse_connect(head: bytes) -> ConnectRequest:
     return ConnectRequest(host, int(port), authorization)
 
 
-def _error_bytes(error: ProxyError) -> bytes:
-    """A SPEC §7 error as raw HTTP/1.1, for a connection aiohttp does not own."""
-    body = json.dumps(
-        {"error": {"code": error.code, "message": error.message, "route": error.route}}
-    ).encode()
-    head = (
-        f"HTTP/1.1 {error.status} {http.HTTPStatus(error.status).phrase}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"X-Auth-Proxy-Error: {error.code}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 class TunnelHandler(_Handler):
     """The HTTP handler inside one intercepted tunnel: its requests are for ``origin``."""
 
@@ -245,7 +229,7 @@ class ForwardProxyServer(ProxyHttpServer):
 
     def _refuse(self, transport: asyncio.Transport, error: ProxyError) -> None:
         self._open.discard(transport)
-        transport.write(_error_bytes(error))
+        transport.write(error_bytes(error))
         transport.close()
 
     # ------------------------------------------------------------------ intercept

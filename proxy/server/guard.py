@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import hmac
 import re
 from typing import Any
@@ -28,8 +27,9 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDictProxy, istr
 
-from proxy.config import Config, is_loopback
+from proxy.config import Config
 from proxy.core.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
+from proxy.core.hosts import loopback_host
 from proxy.server.routing import Router
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -40,12 +40,6 @@ _STATE_CHANGE_HEADER = istr("X-Auth-Proxy")
 _ECHO_METHODS = frozenset({"TRACE", "TRACK"})
 # Probes must work without credentials (container health checks, load balancers).
 OPEN_ADMIN_PATHS = frozenset({"/-/healthz", "/-/readyz"})
-
-
-@functools.lru_cache(maxsize=512)
-def loopback_host(host: str) -> bool:
-    """``localhost``, ``*.localhost`` (RFC 6761) or a loopback address."""
-    return host == "localhost" or host.endswith(".localhost") or is_loopback(host)
 
 
 def check_state_change(request: web.BaseRequest) -> None:

@@ -26,6 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.core.errors import BadRequest, ProxyError
 from proxy.server import cors
+from proxy.server.responses import error_response
 
 log = structlog.get_logger("auth_proxy.http")
 
@@ -130,7 +131,7 @@ class _Handler(RequestHandler):
             reason = _describe(exc)
             log.warning("bad_request", reason=reason, error=type(exc).__name__ if exc else None)
             error = BadRequest(reason)
-        response = error.to_response()
+        response = error_response(error)
         response.force_close()
         return response
 

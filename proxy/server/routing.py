@@ -18,17 +18,6 @@ class Matched(NamedTuple, Generic[T]):  # a tuple: made on every request, cheapl
     rest: str  # the path after the prefix, always starting with "/"
 
 
-def host_without_port(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end != -1 else host
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit():
-        host = name
-    return host.rstrip(".")
-
-
 class Router(Generic[T]):
     def __init__(self) -> None:
         self._by_port: dict[int, T] = {}

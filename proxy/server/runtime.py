@@ -13,7 +13,8 @@ from proxy.config import Config, Route
 from proxy.core.clock import Clock
 from proxy.flows import flow_for
 from proxy.server.routing import Router
-from proxy.sessions.manager import Lockouts, LoginObserver, Register, RouteSessions
+from proxy.sessions.lockout import Lockouts
+from proxy.sessions.manager import LoginObserver, Register, RouteSessions
 from proxy.upstream.client import Outbound, RouteClient
 
 

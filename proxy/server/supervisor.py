@@ -1,96 +1,47 @@
-"""``workers: N``: N processes serving the same ports (SO_REUSEPORT), each with its own sessions.
+"""``workers: N``: N processes serving the same ports (SO_REUSEPORT).
 
-The parent binds nothing it keeps: it binds one SO_REUSEPORT socket per worker and
-listener, forks, and closes its copies, so the kernel spreads connections over the
-workers only. It forwards SIGTERM/SIGINT/SIGHUP to the workers, restarts a worker that
-dies unexpectedly, and exits when they have all stopped.
+The supervisor binds one SO_REUSEPORT socket per worker and listener, forks, and closes
+its copies, so the kernel spreads connections over the workers only. Each worker runs
+the ``target`` it was given (the CLI's serve loop), the way uvicorn's supervisors take a
+target callable. It forwards SIGTERM/SIGINT/SIGHUP to the workers, restarts a worker
+that dies unexpectedly, and exits when they have all stopped.
 
-Workers share one thing: a login lockout board. A vendor that rejected the credentials
-in one worker must not be asked again by the others (accounts lock), so a rejection is
-written to a small file per route that every worker reads before it logs in. An entry
-names the rejected credentials by a keyed fingerprint (``proxy.sessions.credentials``); the key
-is made once in the supervisor, so the workers it forks compare the same fingerprints.
+Workers share a login lockout board: a vendor that rejected the credentials in one
+worker must not be asked again by the others (accounts lock).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import dataclasses
-import json
 import os
 import signal
-import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from proxy.config import Config
+from proxy.server.listeners import Sockets, bind_listeners, bind_socket
+from proxy.sessions.lockout import LockoutBoard
 
 log = structlog.get_logger("auth_proxy.workers")
 
 RESTART_DELAY = 1.0
 PR_SET_PDEATHSIG = 1
 
-
-@dataclass(frozen=True, slots=True)
-class Lockout:
-    until: float
-    message: str
-    credentials: str  # fingerprint of the rejected credentials: others are not locked out
-
-
-class LockoutBoard:
-    """Login rejections shared between worker processes, one file per route."""
-
-    def __init__(self, directory: Path, key: bytes) -> None:
-        self.directory = directory
-        self.key = key  # for credential fingerprints
-
-    def _path(self, route: str) -> Path:
-        return self.directory / f"{route}.json"
-
-    def get(self, route: str) -> Lockout | None:
-        try:
-            data = json.loads(self._path(route).read_text())
-            return Lockout(float(data["until"]), str(data["message"]), str(data["credentials"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def put(self, route: str, lockout: Lockout) -> None:
-        tmp = self._path(route).with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(lockout)))
-        tmp.replace(self._path(route))  # atomic: readers see the old or the new file
-
-    def clear(self, route: str) -> None:
-        self._path(route).unlink(missing_ok=True)
-
-
-Sockets = dict[tuple[str, int], socket.socket]  # keyed by the configured (host, port)
-
-
-def bind_listeners(config: Config) -> Sockets:
-    """One SO_REUSEPORT socket per listener, on the configured ports (0: any free one)."""
-    from proxy.server.app import bind_socket
-
-    wanted = [(config.listen.host, config.listen.port)] + [
-        (r.match.listen.host or config.listen.host, r.match.listen.port)
-        for r in config.routes
-        if r.match.listen is not None
-    ]
-    return {(host, port): bind_socket(host, port, reuse_port=True) for host, port in wanted}
+# What a worker process runs: its sockets and the shared board in, an exit code out.
+WorkerTarget = Callable[[Sockets, LockoutBoard], int]
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: Path | None) -> None:
+    def __init__(self, config: Config, target: WorkerTarget) -> None:
         self.config = config
-        self.config_path = config_path
+        self.target = target
         self.stopping = False
         self.pids: dict[int, int] = {}  # pid -> worker index
         self.board = LockoutBoard(
@@ -100,8 +51,6 @@ class Supervisor:
 
     def _bind(self) -> Sockets:
         """Fresh SO_REUSEPORT sockets on the ports the first worker's sockets got."""
-        from proxy.server.app import bind_socket
-
         return {key: bind_socket(key[0], port, reuse_port=True) for key, port in self.ports.items()}
 
     def run(self) -> int:
@@ -129,7 +78,7 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
                 structlog.contextvars.bind_contextvars(worker=index)
-                code = _worker_main(self.config, self.config_path, sockets, self.board)
+                code = self.target(sockets, self.board)
             finally:
                 os._exit(code)
         # The parent never accepts: a socket it kept open would still be handed connections.
@@ -176,19 +125,3 @@ def _exit_with_parent() -> None:
         return
     if os.getppid() == 1:  # the parent died before the call took effect
         os._exit(1)
-
-
-def _worker_main(
-    config: Config,
-    config_path: Path | None,
-    sockets: dict[tuple[str, int], socket.socket],
-    board: LockoutBoard,
-) -> int:
-    from proxy.cli import _install_uvloop, serve
-
-    _install_uvloop()
-    return asyncio.run(serve(config, config_path, sockets=sockets, lockouts=board))
-
-
-def run_workers(config: Config, config_path: Path | None) -> int:
-    return Supervisor(config, config_path).run()

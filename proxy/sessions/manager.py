@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 
 from proxy.core.clock import Clock
 from proxy.core.errors import LoginBackoff, LoginFailed, LoginRejected, ProxyError
+from proxy.core.masking import scrub
 from proxy.core.secrets import Secret
 from proxy.flows.base import Flow, FlowGen, LoginRequest, LoginResponse, Session
-from proxy.ops.logs import REDACTOR, Registration, scrub
-from proxy.server.supervisor import Lockout
+from proxy.ops.logs import REDACTOR, Registration
 from proxy.sessions.credentials import Values, by_command, fingerprint, resolve_all
+from proxy.sessions.lockout import LocalLockouts, Lockout, Lockouts
 
 log = structlog.get_logger("auth_proxy.sessions")
 
@@ -76,33 +75,6 @@ class SessionStatus:
     org: str | None = None
     upstream: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
-
-
-class Lockouts(Protocol):
-    """Login rejections by route: ``LocalLockouts``, or the workers' ``LockoutBoard``."""
-
-    key: bytes  # fingerprints are comparable only under the same key
-
-    def get(self, route: str) -> Lockout | None: ...
-    def put(self, route: str, lockout: Lockout) -> None: ...
-    def clear(self, route: str) -> None: ...
-
-
-class LocalLockouts:
-    """The lockouts of one process; they outlive reloads, which rebuild ``RouteSessions``."""
-
-    def __init__(self) -> None:
-        self.key = os.urandom(32)
-        self._entries: dict[str, Lockout] = {}
-
-    def get(self, route: str) -> Lockout | None:
-        return self._entries.get(route)
-
-    def put(self, route: str, lockout: Lockout) -> None:
-        self._entries[route] = lockout
-
-    def clear(self, route: str) -> None:
-        self._entries.pop(route, None)
 
 
 class RouteSessions:

@@ -1,0 +1,1 @@
+"""Development tools that run in the test command (not part of the package)."""
