@@ -20,7 +20,7 @@ from aiohttp import web
 from helpers import Upstream, base, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import load_config
+from proxy.config.load import load_config
 from proxy.core.clock import ManualClock
 from proxy.server.app import ProxyServer
 

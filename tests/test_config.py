@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config import ConfigError, load_config, parse_config
+from proxy.config import ConfigError, parse_config
+from proxy.config.load import load_config
 from proxy.core.errors import LoginFailed
 
 

@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from helpers import Upstream, base, write_config
 
-from proxy.config import ConfigError, load_config, parse_config
+from proxy.config import ConfigError, parse_config
+from proxy.config.load import load_config
 from proxy.core.clock import ManualClock
 from proxy.server.app import ProxyServer
 

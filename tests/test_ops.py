@@ -21,7 +21,7 @@ from aiohttp import web
 from helpers import Upstream, base, iics_route, ivanti_key_route, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import load_config
+from proxy.config.load import load_config
 from proxy.core.clock import ManualClock
 from proxy.ops.logs import setup_logging
 from proxy.sandbox import Sandbox

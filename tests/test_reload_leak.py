@@ -20,7 +20,7 @@ import trustme
 from aiohttp import web
 from helpers import Served, Upstream, base, iics_route, write_config
 
-from proxy.config import load_config
+from proxy.config.load import load_config
 from proxy.core.clock import ManualClock
 from proxy.sandbox import Sandbox, SandboxState, run_sandbox
 from proxy.server.app import ProxyServer

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from proxy import __version__
 from proxy.cli.run import EXIT_RUNTIME, EXIT_USAGE, load, run
-from proxy.config import ConfigError, default_config_path, load_config
+from proxy.config import ConfigError, default_config_path
+from proxy.config.load import load_config
 
 COMMANDS = ("serve", "check", "clear", "demo", "sandbox", "ca")
 

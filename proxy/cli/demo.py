@@ -15,16 +15,14 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.config import parse_config
 from proxy.ops.logs import setup_logging
 from proxy.sandbox import SandboxState, SandboxUrls, run_sandbox
+from proxy.server.app import ProxyServer
 from proxy.server.tls import LocalCA
-
-if TYPE_CHECKING:
-    from proxy.server.app import ProxyServer
 
 DEMO_ORG = "5Xq2jG0mLwKzYbPdRt7sUe"  # the sandbox org's id
 
@@ -164,7 +162,6 @@ async def forward_demo(
     port: int, state_dir: Path, sandbox_port: int = 0, **proxy_args: Any
 ) -> AsyncIterator[tuple[ProxyServer, list[str]]]:
     """The sandbox under vendor names and a forward-proxy-mode proxy in front of it."""
-    from proxy.server.app import ProxyServer
 
     sandbox_ca = LocalCA.load_or_create(
         state_dir / "sandbox-ca.pem",
@@ -197,7 +194,6 @@ async def _run_forward_demo(port: int, sandbox_port: int) -> int:
 
 
 async def run_demo(port: int, sandbox_port: int = 0, forward_proxy: bool = False) -> int:
-    from proxy.server.app import ProxyServer
 
     if forward_proxy:
         return await _run_forward_demo(port, sandbox_port)

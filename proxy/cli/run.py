@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from proxy.config import Config, default_config_path, load_config
+from proxy.config import Config, default_config_path
+from proxy.config.load import load_config
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 

@@ -1,6 +1,6 @@
 """Configuration: YAML in, typed immutable objects out (SPEC §3).
 
-``load_config(path)`` reads the file once, interpolates ``${VAR}`` / ``${VAR:-default}``,
+``load.load_config(path)`` reads the file once, interpolates ``${VAR}`` / ``${VAR:-default}``,
 validates with pydantic (unknown keys are errors) and checks what spans several routes
 (unique names, unambiguous matches, the reserved ``/-/`` prefix). The result holds no
 dict or list: mappings from the file become tuples of typed pairs, so the model is
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -797,22 +796,3 @@ def parse_config(
 
 def default_config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("AUTH_PROXY_CONFIG") or "config.yaml")
-
-
-def load_config(path: Path | str) -> Config:
-    """Read and validate the config file at ``path``."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: {problem}{where}") from None
-    # absolute(), not resolve(): a Kubernetes mount is a symlink into a directory that the
-    # next update deletes, so relative secret paths must hang off the link itself.
-    return parse_config(data, base_dir=path.absolute().parent)

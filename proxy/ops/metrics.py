@@ -10,12 +10,11 @@ reads ``RouteSessions.status()`` at scrape time, so what ``/-/metrics`` shows is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-
-from proxy.sessions.manager import SessionStatus
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 UNROUTED = ""  # the route label of requests that matched no route
@@ -26,7 +25,15 @@ LOGIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 CLIENT_ABORTED = 499  # nginx's convention: its own label, so neither 4xx nor 5xx alerts see it
 
-SessionSource = Callable[[], Iterable[tuple[str, SessionStatus]]]
+
+class SessionView(Protocol):
+    """What the collector reads of a route's session status (see ``/-/sessions``)."""
+
+    state: str
+    expires_at: float | None
+
+
+SessionSource = Callable[[], Iterable[tuple[str, SessionView]]]
 
 
 class _RouteChildren:

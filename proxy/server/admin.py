@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -21,9 +21,7 @@ from proxy.ops.logs import REDACTOR
 from proxy.ops.metrics import CONTENT_TYPE
 from proxy.server.guard import check_state_change
 from proxy.server.responses import error_response
-
-if TYPE_CHECKING:
-    from proxy.server.app import ProxyServer
+from proxy.server.state import ServerState
 
 
 def _iso(ts: float | None) -> str | None:
@@ -51,7 +49,7 @@ def _post_only(message: str) -> web.Response:
 
 
 class Admin:
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ServerState) -> None:
         self.server = server
 
     async def handle(self, request: web.BaseRequest, path: str) -> web.StreamResponse:

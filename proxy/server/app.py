@@ -12,14 +12,15 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError
+from proxy.config.load import load_config
 from proxy.core.clock import Clock
 from proxy.core.errors import STATUS_BY_CODE, ClientAborted, Draining, NoRoute, ProxyError
 from proxy.core.hosts import host_without_port, is_loopback
@@ -33,6 +34,7 @@ from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttp
 from proxy.server.responses import error_response
 from proxy.server.runtime import Runtime
 from proxy.server.startup import check_startup
+from proxy.server.state import ReloadResult
 from proxy.server.tls import LocalCA
 from proxy.sessions.lockout import LocalLockouts, Lockouts
 from proxy.sessions.manager import SessionStatus
@@ -69,19 +71,6 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-@dataclass(slots=True)
-class ReloadResult:
-    """What a reload did, for the log and ``POST /-/reload``."""
-
-    ok: bool
-    error: str | None = None
-    kept: list[str] = field(default_factory=list)  # sessions survived
-    relogin: list[str] = field(default_factory=list)  # auth changed: logged out, fresh login
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    restart_needed: list[str] = field(default_factory=list)  # settings a reload cannot apply
 
 
 class ProxyServer:

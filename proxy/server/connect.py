@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import structlog
@@ -33,13 +33,11 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.core.errors import BadRequest, Draining, Forbidden, ProxyError, UpstreamUnreachable
-from proxy.server.httpserver import ProxyHttpServer, _Handler
+from proxy.server.httpserver import ProxyHttpServer, ProxyRequestHandler
 from proxy.server.responses import error_bytes
 from proxy.server.routing import Matched, Router
+from proxy.server.state import ServerState
 from proxy.server.tls import LocalCA
-
-if TYPE_CHECKING:
-    from proxy.server.app import ProxyServer
 
 log = structlog.get_logger("auth_proxy.forward_proxy")
 
@@ -135,7 +133,7 @@ def parse_connect(head: bytes) -> ConnectRequest:
     return ConnectRequest(host, int(port), authorization)
 
 
-class TunnelHandler(_Handler):
+class TunnelHandler(ProxyRequestHandler):
     """The HTTP handler inside one intercepted tunnel: its requests are for ``origin``."""
 
     def __init__(self, manager: web.Server, *, host: str, origin: str, **kwargs: Any) -> None:
@@ -151,7 +149,7 @@ class ForwardProxyServer(ProxyHttpServer):
     that shutting the listener down closes them too.
     """
 
-    def __init__(self, handler: Any, *, app: ProxyServer, ca: LocalCA, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, app: ServerState, ca: LocalCA, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._app = app
         self._ca = ca
@@ -239,11 +237,11 @@ class ForwardProxyServer(ProxyHttpServer):
         origin = _origin(request.host, request.port)
         handler = TunnelHandler(
             self,
-            loop=self._loop,
+            loop=loop,
             host=request.host,
             origin=origin,
             header_timeout=self.header_timeout,
-            **self._kwargs,
+            **self.handler_settings,
         )
         pending = _Pending()
         self._open.discard(transport)  # from here the TLS layer, then aiohttp, own it

@@ -11,15 +11,11 @@ them (``proxy.server.paths``), so an encoded, dotted or differently cased logout
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from proxy.server.paths import is_plain, route_key, vendor_paths
-
-if TYPE_CHECKING:
-    from proxy.server.runtime import RouteRuntime
-
+from proxy.upstream.route import RouteRuntime
 
 # Kept from the vendor whatever the method: its router may not look at the method, and
 # a call that ends the shared session must never get through.

@@ -64,7 +64,7 @@ def allow_cors(request: web.BaseRequest, origin: str) -> None:
     request.cors_origin = origin
 
 
-class _Handler(RequestHandler):
+class ProxyRequestHandler(RequestHandler):
     def __init__(
         self, manager: web.Server, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any
     ) -> None:
@@ -100,7 +100,9 @@ class _Handler(RequestHandler):
         return self._body is None or self._body.is_eof()
 
     def _arm_head_timer(self) -> None:
-        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+        self._head_timer = asyncio.get_running_loop().call_later(
+            self._header_timeout, self._head_timed_out
+        )
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -137,11 +139,25 @@ class _Handler(RequestHandler):
 
 
 class ProxyHttpServer(web.Server):
-    """``web.Server`` whose connections use ``_Handler`` and make ``ProxyRequest``s."""
+    """``web.Server`` whose connections use ``ProxyRequestHandler`` and make ``ProxyRequest``s."""
 
-    def __init__(self, handler: Any, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any):
-        super().__init__(handler, request_factory=self._proxy_request, **kwargs)
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        header_timeout: float = HEADER_TIMEOUT,
+        handler_cancellation: bool = False,
+        **handler_settings: Any,
+    ):
+        super().__init__(
+            handler,
+            request_factory=self._proxy_request,
+            handler_cancellation=handler_cancellation,
+            **handler_settings,
+        )
         self.header_timeout = header_timeout
+        # Kept here rather than read back from aiohttp's private attributes.
+        self.handler_settings = handler_settings
 
     def _proxy_request(
         self,
@@ -151,8 +167,12 @@ class ProxyHttpServer(web.Server):
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> ProxyRequest:
-        return ProxyRequest(message, payload, protocol, writer, task, self._loop)
+        return ProxyRequest(message, payload, protocol, writer, task, asyncio.get_running_loop())
 
     def __call__(self) -> RequestHandler:
-        kwargs: dict[str, Any] = self._kwargs
-        return _Handler(self, loop=self._loop, header_timeout=self.header_timeout, **kwargs)
+        return ProxyRequestHandler(
+            self,
+            loop=asyncio.get_running_loop(),
+            header_timeout=self.header_timeout,
+            **self.handler_settings,
+        )

@@ -7,7 +7,6 @@ so a request does no per-route work beyond dictionary lookups.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from proxy.config import Config, Route
 from proxy.core.clock import Clock
@@ -16,22 +15,7 @@ from proxy.server.routing import Router
 from proxy.sessions.lockout import Lockouts
 from proxy.sessions.manager import LoginObserver, Register, RouteSessions
 from proxy.upstream.client import Outbound, RouteClient
-
-
-@dataclass(eq=False)
-class RouteRuntime:
-    config: Route
-    sessions: RouteSessions
-    client: RouteClient
-    static_headers: tuple[tuple[str, str], ...]
-    drop_headers: frozenset[str]  # lowercase names
-    reauth_on: frozenset[int]
-    retry_body_limit: int
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
+from proxy.upstream.route import RouteRuntime
 
 # Headers a client may send that would let it speak with someone else's credentials.
 _ALWAYS_DROPPED = ("icSessionId", "INFA-SESSION-ID", "IDS-SESSION-ID", "Authorization")

@@ -158,15 +158,16 @@ class RouteClient:
             raise LoginFailed(f"the {request.purpose} call to {host} timed out") from None
         except aiohttp.ClientSSLError as exc:
             raise LoginFailed(
-                f"the {request.purpose} call to {host} failed TLS verification ({_reason(exc)})"
+                f"the {request.purpose} call to {host} failed TLS verification "
+                f"({error_reason(exc)})"
             ) from None
         except aiohttp.ClientError as exc:
             raise LoginFailed(
-                f"the {request.purpose} call to {host} failed ({_reason(exc)})"
+                f"the {request.purpose} call to {host} failed ({error_reason(exc)})"
             ) from None
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     text = type(exc).__name__
     os_error = getattr(exc, "os_error", None)
     if isinstance(os_error, OSError) and os_error.strerror:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -21,12 +20,10 @@ from yarl import URL
 
 from proxy.core.errors import ClientAborted, UpstreamTimeout, UpstreamUnreachable
 from proxy.ops.logs import VERBOSITY
-from proxy.upstream.client import _reason
+from proxy.sessions.manager import Lease
+from proxy.upstream.client import error_reason
+from proxy.upstream.route import RouteRuntime
 from proxy.upstream.watchdog import Watch
-
-if TYPE_CHECKING:
-    from proxy.server.runtime import RouteRuntime
-    from proxy.sessions.manager import Lease
 
 log = structlog.get_logger("auth_proxy.forward")
 
@@ -292,7 +289,7 @@ async def _send(
         ) from None
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(
-            f"{url.host} could not be reached ({_reason(exc)})", route=route.name
+            f"{url.host} could not be reached ({error_reason(exc)})", route=route.name
         ) from None
     finally:
         outcome.upstream_seconds += time.perf_counter() - started
@@ -350,7 +347,7 @@ async def _stream_back(
                         f"{host} stalled while sending its response", route=route.name
                     ) from None
                 raise UpstreamUnreachable(
-                    f"{host} broke off its response ({_reason(exc)})", route=route.name
+                    f"{host} broke off its response ({error_reason(exc)})", route=route.name
                 ) from None
             # Headers are gone; the only honest signal left is a cut connection, so the
             # client cannot take a truncated body for a complete one.

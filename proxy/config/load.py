@@ -1,0 +1,28 @@
+"""Reading the config file: the only module that parses YAML (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from proxy.config import Config, ConfigError, parse_config
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate the config file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {problem}{where}") from None
+    # absolute(), not resolve(): a Kubernetes mount is a symlink into a directory that the
+    # next update deletes, so relative secret paths must hang off the link itself.
+    return parse_config(data, base_dir=path.absolute().parent)
