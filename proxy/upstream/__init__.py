@@ -1,0 +1,1 @@
+"""Talking to the vendor: the pooled client, the relay, and its policies."""
