@@ -237,8 +237,11 @@ async def test_a_slot_that_arrives_as_time_runs_out_is_kept() -> None:
     waits: list[float] = []
     lim = limiter(1, on_wait=waits.append)
     _held = await hold(lim)
-    _late_slot, late = await queue_up(lim, 0.2)
-    deadline = loop.time() + 0.25
+    late_slot = lim.slot(0.05)
+    late = asyncio.create_task(late_slot.__aenter__())
+    await asyncio.sleep(0)  # the waiter queues, and nothing timed runs before this resumes
+    assert lim.queued == 1
+    deadline = loop.time() + 0.06
     while loop.time() < deadline:  # hold the loop past the waiter's deadline
         pass
     # Handed over before the (now due) timeout runs, which runs before the waiter wakes.
