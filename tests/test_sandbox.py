@@ -110,9 +110,10 @@ async def test_v3_login_shape_and_failure(sandbox, http):
     async with http.post(url, json=DEMO) as response:
         body = await response.json()
     assert response.status == 200
-    assert body["products"] == [
-        {"name": "Integration Cloud", "baseApiUrl": sandbox.urls.pod + "/saas"}
-    ]
+    assert body["products"][0] == {
+        "name": "Integration Cloud",
+        "baseApiUrl": sandbox.urls.pod + "/saas",
+    }
     assert body["userInfo"]["orgId"] == ORG_UUID
     assert body["userInfo"]["status"] == "Active"
     session_id = body["userInfo"]["sessionId"]

@@ -10,6 +10,9 @@ authentication the id is a JWT whose ``exp`` bounds the session.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from collections.abc import Generator
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -20,7 +23,7 @@ from proxy.config import (
     IicsSalesforceAuth,
     IicsSamlAuth,
 )
-from proxy.core.errors import Forbidden, LoginFailed
+from proxy.core.errors import Forbidden, LoginFailed, ProxyError
 from proxy.flows.base import (
     JSON_HEADERS,
     PLACEHOLDER_SESSION,
@@ -28,7 +31,11 @@ from proxy.flows.base import (
     Flow,
     FlowGen,
     LoginRequest,
+    LoginResponse,
+    Reply,
     Session,
+    Step,
+    json_body,
     jwt_exp,
     post_json,
     require_str,
@@ -141,6 +148,19 @@ class IicsFlow(Flow):
             },
         )
 
+    def org_idle_timeout(self, session: Session) -> Generator[Step, Reply, float | None]:
+        """The org's idle timeout in seconds, asked of the vendor; ``None`` if unknown.
+
+        Not asked for a JWT session (its exp ends it, busy or not). Never raises.
+        """
+        if session.hard_expiry is not None or session.user is None:
+            return None
+        return (
+            yield from valid_session_probe(
+                session.data["server_url"], session.user, session.data["session_id"]
+            )
+        )
+
     def v2_login(self, endpoint: str, body: dict[str, Any], what: str) -> FlowGen:
         user = yield from post_json(f"{self.login_origin}/ma/api/v2/user/{endpoint}", body, what)
         session_id = require_str(user, "icSessionId", what)
@@ -184,10 +204,8 @@ class IicsPasswordV3Flow(IicsFlow):
         user = data.get("userInfo") if isinstance(data, dict) else None
         if not isinstance(user, dict):
             raise LoginFailed(f"{what} answer has no userInfo")
-        products = data.get("products")
-        first = products[0] if isinstance(products, list) and products else None
         session_id = require_str(user, "sessionId", what)
-        base_api_url = require_str(first, "baseApiUrl", what)
+        base_api_url = select_product(data.get("products"), None, what)
         return self.session_from(session_id, base_api_url, user)
 
     def logout(self, session: Session) -> LoginRequest:
@@ -245,6 +263,67 @@ class IicsSalesforceFlow(IicsFlow):
         body = {"sfSessionId": sf_session_id, "sfServerUrl": sf_server_url}
         session = yield from self.v2_login("loginSf", body, "IICS Salesforce login")
         return with_secrets(session, sf_session_id)
+
+
+def select_product(products: Any, name: str | None, what: str = "IICS v3 login") -> str:
+    """The ``baseApiUrl`` of the v3 login's ``products[]`` entry called ``name``.
+
+    ``None`` takes the first entry, as most clients do. Names compare without regard to
+    case or surrounding spaces. A name not in the answer fails the login, listing the
+    names that were there, so that the user can correct ``auth.product``.
+    """
+    entries = [p for p in products if isinstance(p, dict)] if isinstance(products, list) else []
+    if name is None:
+        return require_str(entries[0] if entries else None, "baseApiUrl", what)
+    wanted = name.strip().casefold()
+    for entry in entries:
+        if isinstance(entry.get("name"), str) and entry["name"].strip().casefold() == wanted:
+            return require_str(entry, "baseApiUrl", what)
+    names = [_shown(e["name"]) for e in entries if isinstance(e.get("name"), str)]
+    listed = ", ".join(names) if names else "none"
+    raise LoginFailed(f"{what} answer has no product named {_shown(name)}; it lists {listed}")
+
+
+def _shown(text: str) -> str:
+    """A vendor-supplied name, quoted, printable ASCII and short, for an error message."""
+    return ascii(text[:40])
+
+
+def valid_session_probe(
+    server_url: str, user: str, session_id: str
+) -> Generator[Step, Reply, float | None]:
+    """Ask validSessionId how long ``session_id`` has left: the org's idle timeout, in
+    seconds, when asked right after the login; ``None`` on any failure.
+
+    IICS answers ``timeUntilExpire`` in whole minutes, rounded down, so the result errs
+    short. Never raises, not even for a transport error thrown in by the driver: a
+    failed probe must not fail the login.
+    """
+    request = LoginRequest(
+        "POST",
+        f"{server_url.rstrip('/')}/api/v2/user/validSessionId",
+        JSON_HEADERS,
+        json_body({"@type": "validatedToken", "userName": user, "icToken": session_id}),
+        purpose="probe",
+    )
+    try:
+        response = yield request
+    except ProxyError:
+        return None
+    if not isinstance(response, LoginResponse) or not response.ok:
+        return None
+    try:
+        data = json.loads(response.body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("isValidToken") is not True:
+        return None
+    minutes = data.get("timeUntilExpire")
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        return None
+    if not (math.isfinite(minutes) and minutes > 0):
+        return None
+    return float(minutes) * 60
 
 
 def with_secrets(session: Session, *values: str) -> Session:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import math
 import re
 import secrets
 import xml.etree.ElementTree as ET
@@ -323,7 +324,8 @@ class _LoginHost:
         return web.json_response(
             {
                 "products": [
-                    {"name": "Integration Cloud", "baseApiUrl": _api_base(self.state, self.urls)}
+                    {"name": name, "baseApiUrl": url or _api_base(self.state, self.urls)}
+                    for name, url in self.state.iics_products.items()
                 ],
                 "userInfo": {
                     "sessionId": session.session_id,
@@ -461,11 +463,19 @@ def _presented_session_id(request: web.Request) -> str | None:
     return next((request.headers[h] for h in headers if h in request.headers), None)
 
 
+_VALID_SESSION_ID = "/saas/api/v2/user/validSessionId"
+
+
 def _require_session(state: SandboxState) -> Middleware:
-    """Refuse any POD request without a live session (and mark the session as used)."""
+    """Refuse any POD request without a live session (and mark the session as used).
+
+    validSessionId is the exception: the session it asks about is in its body.
+    """
 
     @web.middleware
     async def require_session(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == _VALID_SESSION_ID:
+            return await handler(request)
         if state.use_iics_session(_presented_session_id(request)) is None:
             return _dead_session(request.path)
         return await handler(request)
@@ -514,6 +524,26 @@ class _Pod:
     async def v3_logout(self, request: web.Request) -> web.Response:
         self.state.iics_sessions.pop(self._session(request).session_id, None)
         return web.json_response({})
+
+    async def valid_session_id(self, request: web.Request) -> web.Response:
+        """How long the session in the body has left, in whole minutes; not a use of it."""
+        body = await read_json_object(request)
+        if body is None:
+            return _malformed_v2()
+        username, token = _str_field(body, "userName"), _str_field(body, "icToken")
+        if username is None or token is None:
+            return v2_error(400, "APP_10000", "userName and icToken are required.")
+        session = self.state.iics_sessions.get(token)
+        left = 0.0
+        if session is not None and session.username == username:
+            left = self.state.iics_time_left(session)
+        return web.json_response(
+            {
+                "@type": "validatedToken",
+                "timeUntilExpire": max(0, math.floor(left / 60)),
+                "isValidToken": left > 0,
+            }
+        )
 
     async def objects(self, request: web.Request) -> web.Response:
         objects = [
@@ -615,6 +645,7 @@ def build_pod_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
     )
     app.router.add_get("/saas/api/v2/agent", pod.agents)
     app.router.add_post("/saas/api/v2/user/logout", pod.v2_logout)
+    app.router.add_post(_VALID_SESSION_ID, pod.valid_session_id)
     app.router.add_route("*", "/saas/api/v2/echo", pod.echo)
     app.router.add_get("/saas/api/v2/redirect", pod.redirect)
     app.router.add_get("/saas/api/v2/status/{code}", pod.status)

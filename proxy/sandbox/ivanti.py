@@ -7,6 +7,7 @@ import string
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from proxy.sandbox.state import (
     IvantiSession,
@@ -117,32 +118,49 @@ class _Tenant:
         objects = target.group("objects").lower() if target else ""
         if target is None or objects not in _KNOWN_OBJECTS:
             return ism_error(404, "ISM_4004", "Not Found", "Invalid path or business object.")
-        context = f"{self.urls.ivanti}/api/odata/$metadata#{objects}"
+        # Like the tenant, answer with absolute links to itself (under /HEAT if asked so).
+        odata = self.urls.ivanti + _prefix_of(request) + "/api/odata"
+        collection = f"{odata}/businessobject/{objects}"
         rec_id = target.group("rec_id")
         if rec_id is not None:
             record = self.state.ivanti_incidents.get(rec_id)
             if record is None:
                 return _bad_request(f"Invalid key {rec_id!r}.")
-            return web.json_response({"@odata.context": context, **record})
+            return web.json_response(
+                {
+                    "@odata.context": f"{odata}/$metadata#{objects}/$entity",
+                    "@odata.id": f"{collection}('{rec_id}')",
+                    **record,
+                }
+            )
+        paging = {name: request.query.get(name) for name in ("$top", "$skip")}
+        for name, value in paging.items():
+            if value is not None and not (value.isascii() and value.isdigit()):
+                return _bad_request(f"{name} must be a non-negative integer.")
         rows: list[dict[str, Any]] = list(self.state.ivanti_incidents.values())
-        top = request.query.get("$top")
-        if top is not None:
-            if not top.isdigit():
-                return _bad_request("$top must be a non-negative integer.")
-            rows = rows[: int(top)]
-        return web.json_response(
-            {
-                "@odata.context": context,
-                "@odata.count": len(rows),
-                "value": rows,
-                "rawQuery": request.rel_url.raw_query_string,
-            }
-        )
+        skip = int(paging["$skip"] or 0)
+        top = None if paging["$top"] is None else int(paging["$top"])
+        end = len(rows) if top is None else skip + top
+        page = [{"@odata.id": f"{collection}('{row['RecId']}')", **row} for row in rows[skip:end]]
+        body: dict[str, Any] = {
+            "@odata.context": f"{odata}/$metadata#{objects}",
+            "@odata.count": len(page),
+            "value": page,
+            "rawQuery": request.rel_url.raw_query_string,
+        }
+        if top and end < len(rows):  # $top=0 would link to itself
+            next_page = URL(collection).with_query({**request.query, "$skip": str(end)})
+            body["@odata.nextLink"] = str(next_page)
+        return web.json_response(body)
 
     async def metadata(self, request: web.Request) -> web.Response:
         if not self._is_authorized(request):
             return _unauthorized()
         return web.Response(text=_METADATA, content_type="application/xml", charset="utf-8")
+
+
+def _prefix_of(request: web.Request) -> str:
+    return next((p for p in _PREFIXES if p and request.path.startswith(p + "/")), "")
 
 
 def build_ivanti_app(state: SandboxState, urls: SandboxUrls) -> web.Application:

@@ -12,10 +12,12 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import string
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -107,6 +109,70 @@ class IvantiSession:
     expires_at: float | None = None
 
 
+@dataclass
+class RateLimit:
+    """A vendor rate limit on one fake app, on while it sits in ``SandboxState.rate_limits``.
+
+    Both triggers are deterministic under a ``ManualClock``. ``refuse_next`` refuses that
+    many requests outright, each with ``Retry-After: retry_after`` (``None`` sends none),
+    then lets everything through. ``requests`` per ``per`` seconds is a token bucket on
+    the sandbox clock: it holds ``requests`` tokens, gains one every ``per / requests``
+    seconds, and a request finding it empty is refused with ``Retry-After`` saying when
+    the next token comes. Refusals answer ``status`` (429, or 503 as IICS also does); with
+    ``http_date`` the ``Retry-After`` is an HTTP-date on the sandbox clock. Login
+    endpoints are never limited. ``refused`` counts refusals.
+    """
+
+    refuse_next: int = 0
+    retry_after: float | None = 1.0
+    requests: int | None = None
+    per: float = 60.0
+    status: int = 429
+    http_date: bool = False
+    refused: int = 0
+    _full_at: float = field(default=-math.inf, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.requests is not None and (self.requests < 1 or self.per <= 0):
+            raise ValueError("a token bucket needs requests >= 1 and per > 0")
+        if self.status not in (429, 503):
+            raise ValueError(f"a rate limit answers 429 or 503, not {self.status}")
+
+    def refusal(self, now: float) -> web.Response | None:
+        """The throttle answer to a request arriving at ``now``, or ``None`` to serve it."""
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            wait: float | None = self.retry_after
+        else:
+            wait = self._bucket_wait(now)
+            if wait == 0:
+                return None
+        self.refused += 1
+        headers: dict[str, str] = {}
+        if wait is not None:
+            # Whole seconds, rounded up: coming back at the time said must succeed.
+            if self.http_date:
+                headers["Retry-After"] = formatdate(math.ceil(now + wait), usegmt=True)
+            else:
+                headers["Retry-After"] = str(math.ceil(wait))
+        body = {"error": {"code": "RATE_LIMITED", "message": "Too many requests."}}
+        return web.json_response(body, status=self.status, headers=headers)
+
+    def _bucket_wait(self, now: float) -> float:
+        """Take a token: 0 if there was one, else the seconds until the next one."""
+        if self.requests is None:
+            return 0
+        # Kept as GCRA, the same bucket by another bookkeeping: one "full again" time
+        # moved by whole intervals, so that a ManualClock's steps land exactly on them.
+        interval = self.per / self.requests
+        full_at = max(self._full_at, now)
+        early = full_at - now - (self.requests - 1) * interval
+        if early > 0:
+            return early
+        self._full_at = full_at + interval
+        return 0
+
+
 def _default_iics_users() -> dict[str, IicsUser]:
     return {
         "demo": IicsUser(
@@ -137,6 +203,7 @@ class SandboxState:
     # IICS / IDMC
     iics_users: dict[str, IicsUser] = field(default_factory=_default_iics_users)
     iics_idle_timeout: float = 1800
+    """The org's session idle timeout (an org admin can change it); validSessionId tells it."""
     jwt_lifetime: float = 1800
     iics_sessions: dict[str, IicsSession] = field(default_factory=dict)
     ids_session_lifetime: float = 7200
@@ -146,6 +213,10 @@ class SandboxState:
     saml_assertions: dict[str, str] = field(default_factory=dict)
     """Assertion id -> IICS user name, for every token ``mint_saml_token`` made."""
     used_saml_assertions: set[str] = field(default_factory=set)
+    iics_products: dict[str, str | None] = field(
+        default_factory=lambda: {"Integration Cloud": None, "Data Integration": None}
+    )
+    """The v3 login's ``products[]``: name -> baseApiUrl (``None``: the POD's API base)."""
 
     # OAuth2 identity provider feeding loginOAuth
     oauth_clients: dict[str, str] = field(
@@ -191,6 +262,9 @@ class SandboxState:
     """The text of a refused IICS v2/v3 or Ivanti login, for a vendor that echoes what it
     was sent: ``{password}`` stands for the submitted password, ``{body}`` for the raw
     request body. ``None``: the vendor's usual text."""
+
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
+    """App name (``iics-pod``, ``ivanti``, ...) -> its rate limit; an app not here has none."""
 
     # Journals
     logins: list[SeenRequest] = field(default_factory=list)
@@ -252,15 +326,20 @@ class SandboxState:
         session = self.iics_sessions.get(session_id or "")
         if session is None:
             return None
-        now = self.clock.now()
-        expired = session.expires_at is not None and now >= session.expires_at
-        # A JWT session ends at its exp no matter how busy it is; an id session slides.
-        idle = session.kind == "id" and now - session.last_used >= self.iics_idle_timeout
-        if expired or idle:
+        if self.iics_time_left(session) <= 0:
             del self.iics_sessions[session.session_id]
             return None
-        session.last_used = now
+        session.last_used = self.clock.now()
         return session
+
+    def iics_time_left(self, session: IicsSession) -> float:
+        """Seconds until ``session`` ends if nobody uses it; 0 or less once it has ended."""
+        now = self.clock.now()
+        left = math.inf if session.expires_at is None else session.expires_at - now
+        # A JWT session ends at its exp no matter how busy it is; an id session slides.
+        if session.kind == "id":
+            left = min(left, session.last_used + self.iics_idle_timeout - now)
+        return left
 
     def use_ivanti_session(self, key: str) -> IvantiSession | None:
         session = self.ivanti_sessions.get(key)
@@ -360,7 +439,8 @@ async def _journal_body(request: web.Request) -> bytes | None:
 def journal_middleware(
     state: SandboxState, app_name: str, login_service: Callable[[web.Request], str | None]
 ) -> Middleware:
-    """Journal every request; login endpoints also obey the state's failure switches.
+    """Journal every request; login endpoints obey the state's failure switches, and
+    every other request the app's rate limit.
 
     ``login_service`` names the login endpoint a request is for (``None`` for any other
     request, which is journaled in ``state.requests`` under ``app_name``).
@@ -378,7 +458,9 @@ def journal_middleware(
         )
         if service is None:
             state.requests.append(seen)
-            return await handler(request)
+            limit = state.rate_limits.get(app_name)
+            refusal = limit.refusal(state.clock.now()) if limit is not None else None
+            return refusal or await handler(request)
         state.logins.append(seen)
         if state.login_delay:
             await asyncio.sleep(state.login_delay)
