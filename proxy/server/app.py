@@ -12,7 +12,6 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from proxy.server.admin import Admin
 from proxy.server.connect import ForwardProxyServer, route_for, target_of
 from proxy.server.guard import OPEN_ADMIN_PATHS, Guard
 from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer, allow_cors
+from proxy.server.listeners import Listener, bind_socket
 from proxy.server.responses import error_response
 from proxy.server.runtime import Runtime
 from proxy.server.startup import check_startup
@@ -50,27 +50,6 @@ LOGOUT_BUDGET = 5.0
 # After the drain, requests still running are cancelled; aiohttp reads a 0 here as "wait
 # forever", so the grace they get to unwind must be a small positive number.
 STRAGGLER_GRACE = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    host: str
-    port: int
-    route: str | None  # None: the main listener
-
-
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    family, type_, proto, _, addr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, type_, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(addr)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 class ProxyServer:
