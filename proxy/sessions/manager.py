@@ -22,6 +22,7 @@ from proxy.core.errors import LoginBackoff, LoginFailed, LoginRejected, ProxyErr
 from proxy.core.masking import scrub
 from proxy.core.secrets import Secret
 from proxy.flows.base import Flow, FlowGen, LoginRequest, LoginResponse, Session
+from proxy.flows.driver import drive
 from proxy.ops.logs import REDACTOR, Registration
 from proxy.sessions.credentials import Values, by_command, fingerprint, resolve_all
 from proxy.sessions.lockout import LocalLockouts, Lockout, Lockouts
@@ -309,29 +310,27 @@ class RouteSessions:
         self, gen: FlowGen, values: Values, resolved: Registration, renewed: Registration
     ) -> Session:
         """Run a flow to its session; each secret value it uses is added to ``resolved``."""
-        reply: LoginResponse | str | None = None
+
+        async def secret(source: Secret) -> str:
+            value = values.get(source)
+            if value is None:
+                value = await source.resolve()
+            resolved.add(value)
+            return value
+
+        async def call(request: LoginRequest) -> LoginResponse:
+            log.debug(
+                "login_call",
+                route=self.route,
+                purpose=request.purpose,
+                method=request.method,
+                url=request.url,
+                headers=dict(request.headers),
+            )
+            return await self._execute(request)
+
         try:
-            while True:
-                step = gen.send(reply) if reply is not None else next(gen)
-                if isinstance(step, Secret):
-                    value = values.get(step)
-                    if value is None:
-                        value = await step.resolve()
-                    resolved.add(value)
-                    reply = value
-                else:
-                    log.debug(
-                        "login_call",
-                        route=self.route,
-                        purpose=step.purpose,
-                        method=step.method,
-                        url=step.url,
-                        headers=dict(step.headers),
-                    )
-                    reply = await self._execute(step)
-        except StopIteration as stop:
-            session: Session = stop.value
-            return session
+            return await drive(gen, secret=secret, call=call)
         except ProxyError as exc:
             # A vendor's refusal may quote what it was sent ("password 'x' is wrong"):
             # scrubbed of this attempt's secrets before it is stored, logged or answered,

@@ -1,0 +1,29 @@
+"""Running a flow: the one loop that answers a flow generator's steps.
+
+The flow yields a ``Secret`` (answered with its value) or a ``LoginRequest`` (answered
+with a ``LoginResponse``) until it returns its ``Session``. Who resolves secrets and who
+performs calls is the caller's: the session manager passes real I/O, tests pass canned
+answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from proxy.core.secrets import Secret
+from proxy.flows.base import FlowGen, LoginRequest, LoginResponse, Reply, Session
+
+SecretSource = Callable[[Secret], Awaitable[str]]
+Caller = Callable[[LoginRequest], Awaitable[LoginResponse]]
+
+
+async def drive(gen: FlowGen, *, secret: SecretSource, call: Caller) -> Session:
+    """Feed ``gen`` until it returns its session; its exceptions pass through."""
+    reply: Reply | None = None
+    try:
+        while True:
+            step = gen.send(reply) if reply is not None else next(gen)
+            reply = await secret(step) if isinstance(step, Secret) else await call(step)
+    except StopIteration as stop:
+        session: Session = stop.value
+        return session
