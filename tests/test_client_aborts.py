@@ -102,7 +102,7 @@ async def test_client_gone_during_an_upload_kept_for_replay(
     # 512 KiB is within retry_body_limit: the proxy reads it all before going upstream.
     head = "POST /up/upload HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 524288\n"
     client = await connect(server, head, b"x" * 1000)
-    await wait_for(lambda: server._inflight == 1, what="the proxy to take the request")
+    await wait_for(lambda: server.state.inflight == 1, what="the proxy to take the request")
     await hang_up(client)
     await assert_client_aborted(logs, http, server, "upload")
     assert upstream.seen == []
@@ -196,7 +196,7 @@ async def test_client_gone_while_a_login_runs_leaves_the_login_to_the_others(
         client = await connect(server, "GET /up/saas/api/v2/agent HTTP/1.1\nHost: 127.0.0.1\n")
         await wait_for(lambda: logins == 1, what="the login to start")
         other = asyncio.create_task(http.get(base(server, "/up/saas/api/v2/agent")))
-        await wait_for(lambda: server._inflight == 2, what="a second request to wait")
+        await wait_for(lambda: server.state.inflight == 2, what="a second request to wait")
         await hang_up(client)
         await wait_for(lambda: logs.events("client_aborted"), what="the abort")
     finally:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.server.routing import Router
-from proxy.upstream.relay import rewrite_location
+from proxy.upstream.headers import rewrite_location
 
 # ---------------------------------------------------------------- client authentication
 
@@ -263,7 +263,7 @@ header_name = st.sampled_from(
     headers=st.lists(st.tuples(header_name, st.text(alphabet="abc, ", max_size=10)), max_size=12)
 )
 def test_request_header_filtering(headers: list[tuple[str, str]]) -> None:
-    from proxy.upstream.relay import HOP_BY_HOP, request_headers
+    from proxy.upstream.headers import HOP_BY_HOP, request_headers
 
     class Route:
         drop_headers = frozenset({"icsessionid", "authorization"})

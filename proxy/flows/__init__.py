@@ -29,5 +29,12 @@ FLOWS: dict[str, type[Flow]] = {
 }
 
 
+# A client's copy of any vendor's credential header is dropped on every route: it could
+# otherwise speak with credentials the proxy did not choose.
+CREDENTIAL_HEADERS = frozenset(
+    name.lower() for flow in FLOWS.values() for name in flow.credential_headers
+)
+
+
 def flow_for(route: Route) -> Flow:
     return FLOWS[route.auth.type](route.auth, route.allowed_hosts)

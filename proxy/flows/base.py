@@ -121,6 +121,9 @@ class Flow:
     type_name: ClassVar[str]
     #: False when a new login cannot cure a 401 (a static key): no re-login, no replay
     can_relogin: ClassVar[bool] = True
+    #: headers that carry this vendor's credentials: injected by the proxy, and never
+    #: taken from a client on any route
+    credential_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, auth: Any, allowed_hosts: tuple[str, ...] = ()) -> None:
         self.auth = auth

@@ -35,6 +35,7 @@ MINT_WHAT = "IDMC JWT mint"
 
 
 class IdmcJwtFlow(Flow):
+    credential_headers = ("Authorization", "IDS-SESSION-ID")
     type_name = "idmc-jwt"
     auth: IdmcJwtAuth
 

@@ -68,6 +68,8 @@ V2_LOGINS = ("login", "loginSaml", "loginOAuth", "loginSf")
 class IicsFlow(Flow):
     """What all IICS flows share: building the session from a v2/v3 login answer."""
 
+    credential_headers = ("icSessionId", "INFA-SESSION-ID", "IDS-SESSION-ID")
+
     auth: Any  # one of the IICS auth configs; each has login_origin
 
     emulated_paths: ClassVar[dict[str, str]] = {

@@ -22,6 +22,8 @@ from proxy.flows.base import (
 class IvantiFlow(Flow):
     """What both Ivanti flows share: a legacy client's login is answered by the proxy."""
 
+    credential_headers = ("Authorization",)
+
     emulated_paths: ClassVar[dict[str, str]] = {"/api/rest/authentication/login": "login"}
 
     def emulate(self, kind: str, session: Session | None, public_base: str | None) -> Emulated:

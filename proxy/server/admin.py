@@ -49,21 +49,21 @@ def _post_only(message: str) -> web.Response:
 
 
 class Admin:
-    def __init__(self, server: ServerState) -> None:
-        self.server = server
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
 
     async def handle(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path == "/-/healthz":
             return _json({"status": "ok"})
         if path == "/-/readyz":
-            if self.server.draining:
+            if self.state.draining:
                 return _json({"status": "draining"}, 503)
             return _json({"status": "ready"})
         if path == "/-/sessions":
             return _json(self.sessions())
         if path == "/-/metrics":
             return web.Response(
-                body=self.server.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
+                body=self.state.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
             )
         if path == "/-/reload":
             return await self.reload(request)
@@ -79,7 +79,7 @@ class Admin:
         check_state_change(request)  # raises; rendered by the request handler
         # Shielded: a client hanging up cancels its handler, and must not stop a reload
         # half-way (client tokens loaded, config not swapped).
-        result = await asyncio.shield(self.server.reload_from_file())
+        result = await asyncio.shield(self.state.reload())
         if not result.ok:
             return error_response(BadRequest(f"config not reloaded: {result.error}"))
         return _json(
@@ -100,7 +100,7 @@ class Admin:
         if not is_loopback(request.remote or ""):
             return error_response(Forbidden("clear is only accepted from a loopback address"))
         check_state_change(request)  # raises; rendered by the request handler
-        rt = self.server.runtime.routes.get(route)
+        rt = self.state.runtime.routes.get(route)
         if rt is None:
             return error_response(NoRoute(f"no route named {route!r}"))
         lifted = rt.sessions.clear_lockout()
@@ -108,7 +108,7 @@ class Admin:
 
     def sessions(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, rt in self.server.runtime.routes.items():
+        for name, rt in self.state.runtime.routes.items():
             st = rt.sessions.status()
             out[name] = {
                 "type": rt.config.auth.type,

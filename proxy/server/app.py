@@ -1,17 +1,15 @@
-"""The proxy server: listeners, the request handler, reload and shutdown.
+"""The proxy server: listeners, reload and shutdown around the request pipeline.
 
-A request goes: admin endpoint? → route → ``forward`` (session, headers, upstream,
-stream back). Errors are ``ProxyError`` values turned into responses here, in one
-place, and every request ends in exactly one access-log line.
+``ProxyServer`` owns the ``ServerState`` (the runtime built from the config, the guard,
+the metrics), binds the listeners and hands each one the pipeline (``server.pipeline``).
+A reload builds a new runtime and swaps it in; shutdown drains, then logs sessions out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +19,27 @@ from aiohttp import web
 from proxy.config import Config, ConfigError
 from proxy.config.load import load_config
 from proxy.core.clock import Clock
-from proxy.core.errors import STATUS_BY_CODE, ClientAborted, Draining, NoRoute, ProxyError
-from proxy.core.hosts import host_without_port, is_loopback
+from proxy.core.errors import ProxyError
+from proxy.core.hosts import is_loopback
 from proxy.ops.logs import ACCESS_LOG, REDACTOR
 from proxy.ops.metrics import Metrics
-from proxy.server import cors, emulation
 from proxy.server.admin import Admin
-from proxy.server.connect import ForwardProxyServer, route_for, target_of
-from proxy.server.guard import OPEN_ADMIN_PATHS, Guard
-from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer, allow_cors
-from proxy.server.listeners import Listener, bind_socket
-from proxy.server.responses import error_response
+from proxy.server.connect import ForwardProxyServer
+from proxy.server.guard import Guard
+from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer
+from proxy.server.listeners import Listener, Sockets, bind_socket
+from proxy.server.pipeline import Door, Pipeline
 from proxy.server.runtime import Runtime
 from proxy.server.startup import check_startup
-from proxy.server.state import ReloadResult
+from proxy.server.state import ReloadResult, ServerState
 from proxy.server.tls import LocalCA
 from proxy.sessions.lockout import LocalLockouts, Lockouts
 from proxy.sessions.manager import SessionStatus
 from proxy.upstream.client import Outbound
-from proxy.upstream.relay import Outcome, forward
 
 log = structlog.get_logger("auth_proxy")
 
-# Session ids may be JWTs of up to 16,000 characters (protocols §2.3).
+# IICS session ids may be JWTs of up to 16,000 characters.
 MAX_FIELD_SIZE = 32 * 1024
 MAX_LINE_SIZE = 32 * 1024
 LOGOUT_BUDGET = 5.0
@@ -64,28 +60,39 @@ class ProxyServer:
         self.clock = clock or Clock()
         # Kept across reloads; shared with sibling workers when there are any.
         self.lockouts = lockouts if lockouts is not None else LocalLockouts()
-        self._request_id_prefix = os.urandom(6).hex()
-        self._request_counter = 0
         self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
         self.metrics = Metrics(self._session_statuses, self.clock.now)
-        self.runtime = self._build(config, None)
+        self.state = ServerState(self._build(config, None), self.metrics, Guard(), self.clock)
+        self.state.reload = self.reload_from_file
         self.metrics.reloaded(True, self.clock.now())
+        self.admin = Admin(self.state)
+        self.pipeline = Pipeline(self.state, self.admin)
         self._background: set[asyncio.Task[Any]] = set()
         self._retiring: set[Runtime] = set()  # replaced by a reload, maybe still in use
-        self.admin = Admin(self)
-        self.guard = Guard()
-        self.draining = False
         self.header_timeout = HEADER_TIMEOUT  # read by start()
         self.listeners: list[Listener] = []
         self._runners: list[web.ServerRunner] = []
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.state.runtime
 
     @property
     def config(self) -> Config:
-        return self.runtime.config
+        return self.state.runtime.config
+
+    @property
+    def guard(self) -> Guard:
+        return self.state.guard
+
+    @property
+    def draining(self) -> bool:
+        return self.state.draining
+
+    @property
+    def port(self) -> int:
+        return self.listeners[0].port
 
     def _build(self, config: Config, previous: Runtime | None) -> Runtime:
         runtime = Runtime(
@@ -93,16 +100,12 @@ class ProxyServer:
             self.outbound,
             clock=self.clock,
             on_secret=REDACTOR.add,
-            on_login=self._on_login,
+            on_login=self.metrics.login,
             previous=previous,
             lockouts=self.lockouts,
         )
         self.metrics.add_routes(runtime.routes)
         return runtime
-
-    def _on_login(self, route: str, result: str, seconds: float) -> None:
-        """Hook for metrics; the session manager calls it after every login attempt."""
-        self.metrics.login(route, result, seconds)
 
     def _session_statuses(self) -> Iterator[tuple[str, SessionStatus]]:
         for name, rt in self.runtime.routes.items():
@@ -110,47 +113,24 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ listeners
 
-    async def start(self, sockets: dict[tuple[str, int], socket.socket] | None = None) -> None:
+    async def start(self, sockets: Sockets | None = None) -> None:
         """Bind every listener. ``sockets`` may supply pre-bound ones (workers, tests)."""
         sockets = dict(sockets or {})
-        await self.guard.load(self.config)
-        main = self.config.listen
-        wanted = [(main.host, main.port, None)] + [
-            (host, port, rt.name) for host, port, rt in self.runtime.listen_ports()
-        ]
-        reuse = self.config.workers > 1
-        fp = self.config.forward_proxy
+        config = self.config
+        await self.guard.load(config)
+        fp = config.forward_proxy
         ca = LocalCA.load_or_create(fp.ca.cert, fp.ca.key) if fp.enabled else None
-        for host, port, route in wanted:
+        reuse = config.workers > 1
+        for host, port, route in config.listeners():
             sock = sockets.pop((host, port), None) or bind_socket(host, port, reuse_port=reuse)
-            bound_port = sock.getsockname()[1]
-            forward_proxy = route is None and ca is not None  # the main listener only
-            handler = self._handler_for(
-                bound_port if route is None else port, is_loopback(host), forward_proxy
+            bound = sock.getsockname()[1]
+            door = Door(
+                bound if route is None else port,
+                is_loopback(host),
+                route is None and ca is not None,
             )
-            settings: dict[str, Any] = {
-                "auto_decompress": False,  # bodies pass through exactly as sent
-                "max_field_size": MAX_FIELD_SIZE,
-                "max_line_size": MAX_LINE_SIZE,
-                "access_log": None,
-                # A client that hangs up cancels its request, so the upstream exchange
-                # (or the wait for it) is given up at once instead of run to the end.
-                "handler_cancellation": True,
-                "keepalive_timeout": KEEPALIVE_TIMEOUT,
-                "header_timeout": self.header_timeout,
-            }
-            server = (
-                ForwardProxyServer(handler, app=self, ca=ca, **settings)
-                if forward_proxy and ca is not None
-                else ProxyHttpServer(handler, **settings)
-            )
-            runner = web.ServerRunner(
-                server, handle_signals=False, shutdown_timeout=STRAGGLER_GRACE
-            )
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            self._runners.append(runner)
-            self.listeners.append(Listener(host, bound_port, route))
+            await self._serve(sock, door, ca)
+            self.listeners.append(Listener(host, bound, route))
         log.info(
             "listening",
             pid=os.getpid(),
@@ -158,159 +138,28 @@ class ProxyServer:
             routes=list(self.runtime.routes),
         )
 
-    @property
-    def port(self) -> int:
-        return self.listeners[0].port
-
-    def _handler_for(
-        self, port: int, loopback: bool, forward_proxy: bool = False
-    ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-        async def handler(request: web.BaseRequest) -> web.StreamResponse:
-            return await self.handle(request, port, loopback, forward_proxy)
-
-        return handler
-
-    # ------------------------------------------------------------------ requests
-
-    async def handle(
-        self,
-        request: web.BaseRequest,
-        port: int,
-        loopback: bool = True,
-        forward_proxy: bool = False,
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        # Forward-proxy mode: inside a CONNECT tunnel, or an absolute-form request.
-        target = target_of(request) if forward_proxy else None
-        path, _, query = (request.raw_path if target is None else target.path).partition("?")
-        if target is None and path in OPEN_ADMIN_PATHS:
-            return await self._probe(request, path)
-        runtime = self.runtime
-        outcome = Outcome()
-        route_name: str | None = None
-        status = 500
-        request_id = request.headers.get("X-Request-ID") or self._next_request_id()
-        self._enter(runtime)
-        try:
-            preflight = self._check_browser(request)
-            if preflight is not None:
-                status = preflight.status
-                return preflight
-            guard = self.guard
-            guard.check_target(request, path)
-            if target is not None:
-                if not target.tunnel:  # a tunnel's client authenticated on its CONNECT
-                    guard.check_client(request, basic=True)
-            else:
-                host = host_without_port(request.host)
-                if loopback:
-                    guard.check_host(host, runtime.router)
-                guard.check_client(request)
-                if path.startswith("/-/"):
-                    admin_response = await self.admin.handle(request, path)
-                    status = admin_response.status
-                    return admin_response
-            if self.draining:
-                raise Draining("the proxy is shutting down")
-            matched = (
-                runtime.router.match(port, host, path)
-                if target is None
-                else route_for(runtime.router, target)
-            )
-            if matched is None:
-                raise NoRoute(f"no route matches {path}")
-            route = matched.target
-            route_name = route.name
-            # Forward-proxy clients address the vendor by name: no URL points at the proxy.
-            route_base = (
-                None if target is not None else f"{request.scheme}://{request.host}{matched.prefix}"
-            )
-            kind = emulation.emulated_kind(route, request.method, matched.rest)
-            response: web.StreamResponse
-            if kind is not None:
-                response = await emulation.answer(route, kind, route_base)
-                status = response.status
-                return response
-            response = await forward(
-                request,
-                route,
-                matched.rest,
-                query,
-                route_base,
-                outcome,
-                request_id=request_id,
-                upstream_base=None if target is None else target.origin,
-            )
-            status = response.status
-            return response
-        except ProxyError as exc:
-            if route_name:
-                exc.for_route(route_name)
-            status = exc.status
-            if isinstance(exc, ClientAborted):
-                _client_aborted(route_name, exc.phase)
-            elif exc.code not in ("login_rejected", "login_failed", "login_backoff"):
-                # Login outcomes are logged once by the session manager.
-                log.warning("request_failed", route=route_name, code=exc.code, reason=exc.message)
-            answer = error_response(exc)
-            if self.draining:
-                answer.force_close()  # no keep-alive: the client's next try must reconnect
-            return answer
-        except asyncio.CancelledError:
-            # The client hung up (aiohttp cancels the handler and drops the transport), or
-            # the drain ran out and shutdown cancelled the straggler.
-            if request.transport is not None or self.draining:
-                raise
-            status = _client_aborted(route_name, outcome.phase(request))
-            raise
-        finally:
-            self._leave(runtime)
-            elapsed = time.perf_counter() - started
-            if route_name is not None or not path.startswith("/-/"):  # scrapes are not traffic
-                self.metrics.request(route_name, status, elapsed, outcome.replayed)
-            if runtime.config.log.access:
-                ACCESS_LOG.write(
-                    route_name,
-                    request.method,
-                    path,
-                    status,
-                    elapsed,
-                    outcome.upstream_seconds,
-                    outcome.replayed,
-                    request_id,
-                )
-
-    def _check_browser(self, request: web.BaseRequest) -> web.Response | None:
-        """Refuse cross-site requests; answer an allowed origin's preflight (or None)."""
-        origin = self.guard.check_origin(request.headers)
-        if origin is None:
-            return None
-        allow_cors(request, origin)
-        return cors.preflight(request) if cors.is_preflight(request) else None
-
-    async def _probe(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        """Health probes skip the access log and metrics, but not the cross-site rule."""
-        try:
-            preflight = self._check_browser(request)
-        except ProxyError as exc:
-            return error_response(exc)
-        return preflight or await self.admin.handle(request, path)
-
-    def _next_request_id(self) -> str:
-        """Unique per process run: a random prefix and a counter (cheaper than uuid4)."""
-        self._request_counter += 1
-        return f"{self._request_id_prefix}{self._request_counter:010x}"
-
-    def _enter(self, runtime: Runtime) -> None:
-        self._inflight += 1
-        self._idle.clear()
-        runtime.enter()
-
-    def _leave(self, runtime: Runtime) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._idle.set()
-        runtime.leave()
+    async def _serve(self, sock: Any, door: Door, ca: LocalCA | None) -> None:
+        settings: dict[str, Any] = {
+            "auto_decompress": False,  # bodies pass through exactly as sent
+            "max_field_size": MAX_FIELD_SIZE,
+            "max_line_size": MAX_LINE_SIZE,
+            "access_log": None,
+            # A client that hangs up cancels its request, so the upstream exchange (or the
+            # wait for it) is given up at once instead of run to the end.
+            "handler_cancellation": True,
+            "keepalive_timeout": KEEPALIVE_TIMEOUT,
+            "header_timeout": self.header_timeout,
+        }
+        handler = self.pipeline.handler(door)
+        server = (
+            ForwardProxyServer(handler, app=self.state, ca=ca, **settings)
+            if door.forward_proxy and ca is not None
+            else ProxyHttpServer(handler, **settings)
+        )
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=STRAGGLER_GRACE)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runners.append(runner)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -323,7 +172,7 @@ class ProxyServer:
         are not rebound; a change to them is reported as needing a restart.
         """
         previous = self.runtime
-        self.runtime = self._build(config, previous)
+        self.state.runtime = self._build(config, previous)
         result = ReloadResult(ok=True, restart_needed=_restart_needed(previous.config, config))
         for name, rt in self.runtime.routes.items():
             old = previous.routes.get(name)
@@ -394,13 +243,12 @@ class ProxyServer:
         The listeners stay open while draining so that clients (and ``/-/readyz``) get
         a clear 503 rather than a refused connection; nothing is forwarded any more.
         """
-        self.draining = True
+        state = self.state
+        state.draining = True
         timeout = self.config.shutdown_timeout if drain_timeout is None else drain_timeout
-        log.info("draining", inflight=self._inflight, timeout=timeout)
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            log.warning("drain_timeout", inflight=self._inflight)
+        log.info("draining", inflight=state.inflight, timeout=timeout)
+        if not await state.drained(timeout):
+            log.warning("drain_timeout", inflight=state.inflight)
         for runner in self._runners:
             await runner.cleanup()  # closes listeners and connections, cancels stragglers
         self._runners.clear()
@@ -421,24 +269,10 @@ class ProxyServer:
             log.warning("logout_timeout", seconds=LOGOUT_BUDGET)
 
 
-def _client_aborted(route: str | None, phase: str) -> int:
-    """Log a client that went away; the status its request is logged and counted with."""
-    log.info("client_aborted", route=route, phase=phase)
-    return STATUS_BY_CODE["client_aborted"]
-
-
-def _listeners(config: Config) -> set[tuple[str, int]]:
-    out = {(config.listen.host, config.listen.port)}
-    for route in config.routes:
-        if route.match.listen is not None:
-            out.add((route.match.listen.host or config.listen.host, route.match.listen.port))
-    return out
-
-
 def _restart_needed(old: Config, new: Config) -> list[str]:
     """Settings that only take effect at start-up and that ``new`` changes."""
     changed = []
-    if _listeners(old) != _listeners(new):
+    if set(old.listeners()) != set(new.listeners()):
         changed.append("listeners")
     if old.workers != new.workers:
         changed.append("workers")

@@ -7,8 +7,8 @@ the vendor's own origin: a browser app at that origin must be able to call the p
 - A preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered here,
   204, and never forwarded.
 - Every response to an allowed origin names it in ``Access-Control-Allow-Origin`` and
-  varies on ``Origin``. Never ``Access-Control-Allow-Credentials``: the session the proxy
-  adds is the credential, and a page needs no cookies of its own here.
+  varies on ``Origin`` (``upstream.headers.allow_origin``, applied by the pipeline and by
+  the relay to whatever answer the request gets).
 """
 
 from __future__ import annotations
@@ -47,14 +47,3 @@ def preflight(request: web.BaseRequest) -> web.Response:
         # Chrome asks before a public page may reach a loopback address.
         headers["Access-Control-Allow-Private-Network"] = "true"
     return web.Response(status=204, headers=headers)
-
-
-def allow(headers: CIMultiDict[str], origin: str) -> None:
-    """Make a response readable by ``origin``, replacing the vendor's own CORS answer."""
-    headers[ALLOW_ORIGIN] = origin
-    headers.popall(ALLOW_CREDENTIALS, None)
-    varies = {
-        name.strip().lower() for value in headers.getall(VARY, ()) for name in value.split(",")
-    }
-    if "origin" not in varies:
-        headers.add(VARY, "Origin")

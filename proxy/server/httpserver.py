@@ -19,13 +19,10 @@ from typing import Any
 
 import structlog
 from aiohttp import http_exceptions, web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.core.errors import BadRequest, ProxyError
-from proxy.server import cors
 from proxy.server.responses import error_response
 
 log = structlog.get_logger("auth_proxy.http")
@@ -44,24 +41,6 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, http_exceptions.InvalidURLError):
         return "the request target is malformed"
     return "the request is not valid HTTP"
-
-
-class ProxyRequest(web.BaseRequest):
-    """A request whose responses may be made readable by an allowed browser origin."""
-
-    cors_origin: str | None = None
-
-    async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        # aiohttp calls this as any response starts, including one that forwarding
-        # streams itself: the one place where every response to the request passes.
-        if self.cors_origin is not None:
-            cors.allow(response.headers, self.cors_origin)
-
-
-def allow_cors(request: web.BaseRequest, origin: str) -> None:
-    """Give every response to ``request`` the CORS headers for ``origin``."""
-    assert isinstance(request, ProxyRequest)  # every request comes from ProxyHttpServer
-    request.cors_origin = origin
 
 
 class ProxyRequestHandler(RequestHandler):
@@ -139,7 +118,7 @@ class ProxyRequestHandler(RequestHandler):
 
 
 class ProxyHttpServer(web.Server):
-    """``web.Server`` whose connections use ``ProxyRequestHandler`` and make ``ProxyRequest``s."""
+    """``web.Server`` whose connections use ``ProxyRequestHandler``."""
 
     def __init__(
         self,
@@ -151,23 +130,12 @@ class ProxyHttpServer(web.Server):
     ):
         super().__init__(
             handler,
-            request_factory=self._proxy_request,
             handler_cancellation=handler_cancellation,
             **handler_settings,
         )
         self.header_timeout = header_timeout
         # Kept here rather than read back from aiohttp's private attributes.
         self.handler_settings = handler_settings
-
-    def _proxy_request(
-        self,
-        message: RawRequestMessage,
-        payload: StreamReader,
-        protocol: RequestHandler,
-        writer: AbstractStreamWriter,
-        task: asyncio.Task[None],
-    ) -> ProxyRequest:
-        return ProxyRequest(message, payload, protocol, writer, task, asyncio.get_running_loop())
 
     def __call__(self) -> RequestHandler:
         return ProxyRequestHandler(

@@ -10,19 +10,17 @@ import asyncio
 
 from proxy.config import Config, Route
 from proxy.core.clock import Clock
-from proxy.flows import flow_for
+from proxy.flows import CREDENTIAL_HEADERS, flow_for
 from proxy.server.routing import Router
 from proxy.sessions.lockout import Lockouts
 from proxy.sessions.manager import LoginObserver, Register, RouteSessions
 from proxy.upstream.client import Outbound, RouteClient
 from proxy.upstream.route import RouteRuntime
 
+
 # Headers a client may send that would let it speak with someone else's credentials.
-_ALWAYS_DROPPED = ("icSessionId", "INFA-SESSION-ID", "IDS-SESSION-ID", "Authorization")
-
-
 def _drop_set(route: Route) -> frozenset[str]:
-    return frozenset(n.lower() for n in (*_ALWAYS_DROPPED, *(h.name for h in route.headers)))
+    return CREDENTIAL_HEADERS | {h.name.lower() for h in route.headers}
 
 
 class Runtime:
@@ -56,6 +54,7 @@ class Runtime:
                 idle_timeout=route.auth.idle_timeout,
                 refresh_margin=route.auth.refresh_margin,
                 login_retry_after=route.auth.login_retry_after,
+                reauth_on=route.auth.reauth_on,
                 on_secret=on_secret,
                 on_login=on_login,
                 lockouts=lockouts,
@@ -66,7 +65,6 @@ class Runtime:
                 client=client,
                 static_headers=route.headers,
                 drop_headers=_drop_set(route),
-                reauth_on=frozenset(route.auth.reauth_on if sessions.flow.can_relogin else ()),
                 retry_body_limit=client.settings.retry_body_limit,
             )
             self.routes[route.name] = rt

@@ -1,16 +1,20 @@
 """What the pieces of the server share: the live config and the server's condition.
 
-The admin endpoints and the CONNECT handling receive a ``ServerState``, not the server
-object: they read the runtime (swapped on reload), the guard, the metrics and whether
-the server is draining, and may ask for a reload. ``ProxyServer`` provides it.
+The request pipeline, the admin endpoints and the CONNECT handling receive a
+``ServerState``, not the server object: the runtime (swapped on reload), the guard, the
+metrics, whether the server is draining, the requests in flight, and a way to ask for a
+reload. ``ProxyServer`` owns it and sets ``reload``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from proxy.config import Config
+from proxy.core.clock import Clock
 from proxy.ops.metrics import Metrics
 from proxy.server.guard import Guard
 from proxy.server.runtime import Runtime
@@ -29,13 +33,48 @@ class ReloadResult:
     restart_needed: list[str] = field(default_factory=list)  # settings a reload cannot apply
 
 
-class ServerState(Protocol):
-    runtime: Runtime
-    guard: Guard
-    metrics: Metrics
-    draining: bool
+async def _no_reload() -> ReloadResult:
+    return ReloadResult(ok=False, error="this server cannot reload")
+
+
+class ServerState:
+    def __init__(self, runtime: Runtime, metrics: Metrics, guard: Guard, clock: Clock) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.guard = guard
+        self.clock = clock
+        self.draining = False
+        self.reload: Callable[[], Awaitable[ReloadResult]] = _no_reload
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._id_prefix = os.urandom(6).hex()
+        self._id_counter = 0
 
     @property
-    def config(self) -> Config: ...
+    def config(self) -> Config:
+        return self.runtime.config
 
-    async def reload_from_file(self) -> ReloadResult: ...
+    def next_request_id(self) -> str:
+        """Unique per process run: a random prefix and a counter (cheaper than uuid4)."""
+        self._id_counter += 1
+        return f"{self._id_prefix}{self._id_counter:010x}"
+
+    def enter(self, runtime: Runtime) -> None:
+        self.inflight += 1
+        self._idle.clear()
+        runtime.enter()
+
+    def leave(self, runtime: Runtime) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+        runtime.leave()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False when ``timeout`` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -89,6 +89,7 @@ class RouteSessions:
         idle_timeout: float | None,
         refresh_margin: float,
         login_retry_after: float,
+        reauth_on: tuple[int, ...] = (401,),
         on_secret: Register = REDACTOR.add,
         on_login: LoginObserver = lambda _route, _result, _seconds: None,
         lockouts: Lockouts | None = None,
@@ -96,6 +97,9 @@ class RouteSessions:
         self.route = route
         self._lockouts = lockouts if lockouts is not None else LocalLockouts()
         self.flow = flow
+        # Answers that mean "this session is no longer valid"; none when a new login
+        # cannot cure them (a static API key).
+        self.reauth_on = frozenset(reauth_on if flow.can_relogin else ())
         self._execute = execute
         self._clock = clock
         self._idle_timeout = idle_timeout
@@ -141,6 +145,28 @@ class RouteSessions:
     def touch(self, lease: Lease) -> None:
         """A proxied call succeeded with ``lease``: the vendor's idle clock restarted."""
         lease.last_used = self._clock.now()
+
+    async def settle(self, lease: Lease, status: int, *, replayable: bool) -> Lease | None:
+        """What an upstream answer with ``status`` means for the session.
+
+        Returns the lease to replay the request with, or None when the answer stands. A
+        status in ``reauth_on`` drops ``lease`` (if still current) and, for a request that
+        can be replayed, gets a new session: one re-login however many requests ask.
+        """
+        if status not in self.reauth_on:
+            self.touch(lease)
+            return None
+        if not replayable:
+            self.invalidate(lease)
+            return None
+        return await self.reauth(lease)
+
+    def settle_replay(self, lease: Lease, status: int) -> None:
+        """The answer to a replay: it stands, and a refusal never causes a second login."""
+        if status in self.reauth_on:
+            self.invalidate(lease)
+        else:
+            self.touch(lease)
 
     async def reauth(self, used: Lease) -> Lease:
         """The upstream refused ``used``: drop it (if still current) and get a new one.

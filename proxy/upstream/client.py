@@ -31,6 +31,7 @@ from proxy import __version__
 from proxy.config import ResolveRule, UpstreamSettings
 from proxy.core.errors import LoginFailed
 from proxy.flows.base import MAX_LOGIN_BODY, LoginRequest, LoginResponse
+from proxy.upstream.failures import failure
 from proxy.upstream.watchdog import Watchdog
 
 log = structlog.get_logger("auth_proxy.outbound")
@@ -154,25 +155,8 @@ class RouteClient:
                 if len(body) > MAX_LOGIN_BODY:
                     raise LoginFailed(f"the {request.purpose} answer from {host} is too large")
                 return LoginResponse(resp.status, resp.headers, body, str(resp.url))
-        except TimeoutError:
-            raise LoginFailed(f"the {request.purpose} call to {host} timed out") from None
-        except aiohttp.ClientSSLError as exc:
-            raise LoginFailed(
-                f"the {request.purpose} call to {host} failed TLS verification "
-                f"({error_reason(exc)})"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise LoginFailed(
-                f"the {request.purpose} call to {host} failed ({error_reason(exc)})"
-            ) from None
-
-
-def error_reason(exc: BaseException) -> str:
-    text = type(exc).__name__
-    os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        text += f": {os_error.strerror}"
-    return text
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise LoginFailed(f"the {request.purpose} call to {host} {failure(exc)}") from None
 
 
 class Outbound:

@@ -18,7 +18,6 @@ class RouteRuntime:
     client: RouteClient
     static_headers: tuple[tuple[str, str], ...]
     drop_headers: frozenset[str]  # lowercase names
-    reauth_on: frozenset[int]
     retry_body_limit: int
 
     @property
