@@ -166,23 +166,53 @@ async def shared_backend(
         await store.close()
 
 
-def spawn_worker(backend: Backend, tmp: Path, name: str, **job: Any) -> subprocess.Popen[str]:
-    """A Python process running tests/store_worker.py against ``backend``; it prints one
-    JSON line with its outcome."""
-    spec = {"store": {**backend.spec(), "key": TEST_KEY}, "name": name, **job}
-    err = (tmp / f"{name}.err").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, str(WORKER), json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        stderr=err,
-        text=True,
-    )
-    err.close()
-    return proc
+class Workers:
+    """Processes running tests/store_worker.py against one backend; each "logs in"
+    through ``single_flight`` and prints one JSON line with what it got. Logins append
+    to ``logins``, so ``logins()`` counts them across processes."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+
+    def spawn(self, backend: Backend, name: str, **job: Any) -> subprocess.Popen[str]:
+        spec = {"store": {**backend.spec(), "key": TEST_KEY}, "name": name, "tmp": str(self.tmp)}
+        with (self.tmp / f"{name}.err").open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(WORKER), json.dumps({**spec, **job})],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def ready(self, *names: str) -> bool:
+        return all((self.tmp / f"ready-{name}").exists() for name in names)
+
+    def go(self) -> None:
+        (self.tmp / "go").touch()
+
+    def logins(self) -> list[int]:
+        path = self.tmp / "logins"
+        return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+    def result(self, name: str) -> dict[str, Any]:
+        proc = self.procs[name]
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (self.tmp / f"{name}.err").read_text()
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
-def worker_result(proc: subprocess.Popen[str], tmp: Path, name: str) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, (tmp / f"{name}.err").read_text()
-    result: dict[str, Any] = json.loads(out)
-    return result
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    tracked = Workers(tmp_path)
+    yield tracked
+    tracked.stop()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxy.store import Held, Record, Rejection, Verdict, open_store, single_flight
+from proxy.store import Backoff, Held, Record, Rejection, Verdict, open_store, single_flight
 
 
 def start_together(job: dict[str, Any]) -> None:
@@ -55,6 +55,8 @@ async def main(job: dict[str, Any]) -> dict[str, Any]:
         return {"got": "record", "payload": result.payload.decode(), "origin": result.origin.pid}
     if isinstance(result, Rejection):
         return {"got": "rejection", "message": result.message}
+    if isinstance(result, Backoff):
+        return {"got": "backoff", "message": result.message}
     return {"got": repr(result)}
 
 
