@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE TABLE IF NOT EXISTS backoffs (
     key TEXT PRIMARY KEY, until REAL NOT NULL, step REAL NOT NULL, message BLOB NOT NULL);
 """
+_TABLES = _SCHEMA.count("CREATE TABLE")
+# Another process holds the write lock: the connection itself is fine, keep it.
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 
 def prepare_directory(directory: Path) -> None:
@@ -82,7 +85,9 @@ class Database:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable enough for re-creatable data
             conn.execute("PRAGMA journal_size_limit=1048576")  # the WAL shrinks back
-            write(conn, _create_schema)
+            tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
+            if tables.fetchone()[0] < _TABLES:  # no write lock needed to reopen
+                write(conn, _create_schema)
         except BaseException:
             conn.close()
             raise
@@ -94,7 +99,8 @@ class Database:
                 self._conn = self._connect()
             return work(self._conn)
         except (sqlite3.Error, OSError) as exc:
-            self._close()  # reconnect on the next call
+            if getattr(exc, "sqlite_errorcode", None) not in _BUSY:
+                self._close()  # reconnect on the next call
             raise StoreUnavailable(f"the session store in {self.directory} failed: {exc}") from exc
 
     def _close(self) -> None:
