@@ -79,6 +79,15 @@ async def test_redis_down_then_back(own_redis: RedisServer, redis_store: Store) 
     assert record is not None and record.payload == b"after"
 
 
+async def test_a_redis_restart_between_calls_goes_unnoticed(
+    own_redis: RedisServer, redis_store: Store
+) -> None:
+    await publish(redis_store, b"before")  # the pooled connection is now open
+    await asyncio.to_thread(own_redis.stop)
+    await asyncio.to_thread(own_redis.start)
+    assert await redis_store.get(KEY) is None  # reconnected at once, data gone with it
+
+
 async def test_redis_paused_answers_unavailable_not_never(
     own_redis: RedisServer, redis_store: Store
 ) -> None:
