@@ -35,6 +35,24 @@ def _reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
+def _open_redis(
+    url: str | None, master: bytes | None, key_prefix: str, password: str | None, clock: Clock
+) -> RedisStore:
+    """A RedisStore, after checking its settings; it connects on first use."""
+    if not url:
+        raise StoreConfigError("session_store.url is required for type: redis")
+    if master is None:
+        raise StoreConfigError(
+            "session_store.key is required for type: redis (the same on every replica)"
+        )
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise StoreConfigError("session_store.url must start with redis://, rediss:// or unix://")
+    try:
+        return RedisStore(url, key=master, key_prefix=key_prefix, password=password, clock=clock)
+    except ValueError:  # not echoed: the URL may carry a password
+        raise StoreConfigError("session_store.url is not a valid Redis URL") from None
+
+
 async def open_store(
     kind: str = "local",
     *,
@@ -57,22 +75,7 @@ async def open_store(
     if kind == "memory":
         return MemoryStore(key=master, clock=clock)
     if kind == "redis":
-        if not url:
-            raise StoreConfigError("session_store.url is required for type: redis")
-        if master is None:
-            raise StoreConfigError(
-                "session_store.key is required for type: redis (the same on every replica)"
-            )
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise StoreConfigError(
-                "session_store.url must start with redis://, rediss:// or unix://"
-            )
-        try:
-            return RedisStore(
-                url, key=master, key_prefix=key_prefix, password=password, clock=clock
-            )
-        except ValueError:  # not echoed: the URL may carry a password
-            raise StoreConfigError("session_store.url is not a valid Redis URL") from None
+        return _open_redis(url, master, key_prefix, password, clock)
     if kind != "local":
         raise StoreConfigError(
             f"session_store.type must be one of {', '.join(KINDS)}, not {kind!r}"

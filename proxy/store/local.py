@@ -36,6 +36,7 @@ from proxy.store.values import (
 KEY_NAME = "store.key"
 BUSY_TIMEOUT = 2.0  # seconds a write waits for another process's transaction
 GC_EVERY = 60.0  # seconds between sweeps of expired rows
+_PUT_SESSION = f"INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join('?' * 9)})"
 
 
 class LocalStore(Store):
@@ -122,8 +123,7 @@ class LocalStore(Store):
         def work(conn: sqlite3.Connection) -> None:
             if not self._holds(conn, lease):
                 raise LeaseLost(f"the login lease for {lease.key[:12]}… is no longer held")
-            conn.execute(f"INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) VALUES "
-                         "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+            conn.execute(_PUT_SESSION, row)
             conn.execute("DELETE FROM rejections WHERE key = ?", (lease.key,))
             conn.execute("DELETE FROM backoffs WHERE key = ?", (lease.key,))
             self._collect(conn, now)

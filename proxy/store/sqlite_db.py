@@ -75,6 +75,7 @@ class Database:
         self._busy_timeout = busy_timeout  # how long a write waits for another process
         self._conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="auth-proxy-store")
+        self._closed = False
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -121,5 +122,8 @@ class Database:
             ) from None
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=False)
