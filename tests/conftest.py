@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from helpers import Served, Upstream, spawn_served
+from store_support import backend, redis_server, shared_backend, workers  # noqa: F401 - fixtures
 
 from proxy.config import parse_config
 from proxy.core.clock import ManualClock
