@@ -11,7 +11,7 @@ from pathlib import Path
 from helpers import wait_for
 from store_support import Backend, RedisServer
 
-from proxy.clock import ManualClock
+from proxy.core.clock import ManualClock
 from proxy.store import LocalStore, Store
 
 CYCLES = 2000

@@ -12,7 +12,7 @@ import pytest
 from helpers import wait_for
 from store_support import Backend
 
-from proxy.clock import ManualClock
+from proxy.core.clock import ManualClock
 from proxy.store import (
     Backoff,
     LeaseLost,
