@@ -17,7 +17,9 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from proxy.sandbox.state import SandboxState, SandboxUrls, journal_middleware, random_id, sign_jwt
+from proxy.sandbox.appkit import journal_middleware
+from proxy.sandbox.state import SandboxState, SandboxUrls
+from proxy.sandbox.tokens import random_id, sign_jwt
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"

@@ -9,17 +9,9 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from proxy.sandbox.state import (
-    IvantiSession,
-    SandboxState,
-    SandboxUrls,
-    journal_middleware,
-    random_id,
-    read_json_object,
-    read_jwt,
-    rejection_text,
-    sign_jwt,
-)
+from proxy.sandbox.appkit import journal_middleware, read_json_object, rejection_text
+from proxy.sandbox.state import IvantiSession, SandboxState, SandboxUrls
+from proxy.sandbox.tokens import random_id, read_jwt, sign_jwt
 
 # On-prem installs serve the same API under /HEAT.
 _PREFIXES = ("", "/HEAT")
