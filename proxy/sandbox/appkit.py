@@ -1,12 +1,14 @@
-"""What every fake vendor app shares: the journal middleware, which also applies the
-state's failure switches and rate limits, and readers of request bodies."""
+"""What every fake vendor app shares: routes declared on their handlers, the journal
+middleware (which also applies the state's failure switches and rate limits), and readers
+of request bodies."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -16,6 +18,34 @@ from proxy.sandbox.state import SandboxState, SeenRequest
 
 JOURNAL_BODY_LIMIT = 64 * 1024
 """Request bodies at or above this size (or of unknown size) are journaled as ``None``."""
+
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[web.StreamResponse]])
+_ROUTES = "sandbox_routes"  # the attribute ``route`` sets on a handler
+
+
+def route(method: str, *paths: str) -> Callable[[HandlerT], HandlerT]:
+    """Declare that a handler method answers ``method`` on ``paths`` (see ``add_handlers``)."""
+
+    def mark(handler: HandlerT) -> HandlerT:
+        declared = getattr(handler, _ROUTES, ())
+        setattr(handler, _ROUTES, (*declared, *((method, path) for path in paths)))
+        return handler
+
+    return mark
+
+
+def add_handlers(app: web.Application, handlers: object, prefixes: tuple[str, ...] = ("",)) -> None:
+    """Route to every ``@route`` method of ``handlers``, under each of ``prefixes``.
+
+    A GET route also answers HEAD, as aiohttp's ``add_get`` does.
+    """
+    for _, handler in inspect.getmembers(handlers, inspect.ismethod):
+        for method, path in getattr(handler, _ROUTES, ()):
+            for prefix in prefixes:
+                if method == "GET":
+                    app.router.add_get(prefix + path, handler)
+                else:
+                    app.router.add_route(method, prefix + path, handler)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any] | None:

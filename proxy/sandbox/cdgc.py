@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.sandbox.appkit import journal_middleware
+from proxy.sandbox.appkit import add_handlers, journal_middleware, route
 from proxy.sandbox.state import SandboxState, SandboxUrls
 from proxy.sandbox.tokens import read_jwt
 
@@ -30,6 +30,7 @@ class _Cdgc:
             return False
         return alive and request.headers.get("X-INFA-ORG-ID") == claims.get("org")
 
+    @route("GET", "/data360/search/v1/assets")
     async def search_assets(self, request: web.Request) -> web.Response:
         if not self._jwt_is_good(request):
             return _cdgc_unauthorized()
@@ -47,7 +48,6 @@ class _Cdgc:
 
 
 def build_cdgc_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
-    cdgc = _Cdgc(state)
     app = web.Application(middlewares=[journal_middleware(state, "cdgc", lambda r: None)])
-    app.router.add_get("/data360/search/v1/assets", cdgc.search_assets)
+    add_handlers(app, _Cdgc(state))
     return app

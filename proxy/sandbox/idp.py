@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from proxy.sandbox.appkit import journal_middleware
+from proxy.sandbox.appkit import add_handlers, journal_middleware, route
 from proxy.sandbox.state import SandboxState, SandboxUrls
 from proxy.sandbox.tokens import random_id, sign_jwt
 
@@ -94,6 +94,7 @@ class _IdentityProviders:
         self.state = state
         self.urls = urls
 
+    @route("POST", "/oauth2/token")
     async def oauth_token(self, request: web.Request) -> web.Response:
         if request.content_type != "application/x-www-form-urlencoded":
             return _oauth_error(400, "invalid_request", "Send application/x-www-form-urlencoded.")
@@ -155,6 +156,7 @@ class _IdentityProviders:
         self.state.issued_jtis.append(jti)
         return web.json_response(body, headers=_NO_STORE)
 
+    @route("POST", "/services/Soap/u/{version}")
     async def salesforce_login(self, request: web.Request) -> web.Response:
         version = request.match_info["version"]
         soap_action = request.headers.get("SOAPAction")
@@ -217,8 +219,6 @@ def _login_service(request: web.Request) -> str | None:
 
 
 def build_idp_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
-    idp = _IdentityProviders(state, urls)
     app = web.Application(middlewares=[journal_middleware(state, "idp", _login_service)])
-    app.router.add_post("/oauth2/token", idp.oauth_token)
-    app.router.add_post("/services/Soap/u/{version}", idp.salesforce_login)
+    add_handlers(app, _IdentityProviders(state, urls))
     return app

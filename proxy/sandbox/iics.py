@@ -41,8 +41,11 @@ def ids_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+NOT_JSON = "The request body is not a valid JSON object."
+
+
 def malformed_v2() -> web.Response:
-    return v2_error(400, "APP_10000", "The request body is not a valid JSON object.")
+    return v2_error(400, "APP_10000", NOT_JSON)
 
 
 def str_field(body: dict[str, Any], name: str) -> str | None:

@@ -4,12 +4,20 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from aiohttp import web
 
-from proxy.sandbox.appkit import journal_middleware, read_json_object, rejection_text
+from proxy.sandbox.appkit import (
+    add_handlers,
+    journal_middleware,
+    read_json_object,
+    rejection_text,
+    route,
+)
 from proxy.sandbox.iics import (
+    NOT_JSON,
     dead_session,
     ids_error,
     iso_utc,
@@ -19,7 +27,7 @@ from proxy.sandbox.iics import (
     v3_error,
 )
 from proxy.sandbox.saml import read_saml_assertion
-from proxy.sandbox.state import IicsUser, SandboxState, SandboxUrls
+from proxy.sandbox.state import SandboxState, SandboxUrls
 from proxy.sandbox.tokens import read_jwt, sign_jwt
 
 _LOGIN_SERVICES = {
@@ -34,8 +42,18 @@ _LOGIN_SERVICES = {
 _BAD_LOGIN = "User name or password is not valid."
 
 
-def _bad_login_v2(text: str = _BAD_LOGIN) -> web.Response:
-    return v2_error(403, "UI_10000", text)
+# How each login API answers a body that is not JSON, and a wrong user name or password.
+_REFUSALS: dict[str, tuple[Callable[[], web.Response], Callable[[str], web.Response]]] = {
+    "v2": (malformed_v2, lambda text: v2_error(403, "UI_10000", text)),
+    "v3": (
+        lambda: v3_error(400, "APP_10000", NOT_JSON),
+        lambda text: v3_error(403, "IDS_085", text),
+    ),
+    "ids": (
+        lambda: ids_error(400, "IDS_400", NOT_JSON),
+        lambda text: ids_error(401, "IDS_085", text),
+    ),
+}
 
 
 def _api_base(state: SandboxState, urls: SandboxUrls) -> str:
@@ -79,24 +97,6 @@ def _v2_user(
     return body
 
 
-def _check_password(state: SandboxState, body: dict[str, Any]) -> str | None:
-    """The user name if ``body`` carries that user's password, else ``None``."""
-    username = str_field(body, "username")
-    password = str_field(body, "password")
-    user = state.iics_users.get(username or "")
-    if (
-        user is None
-        or password is None
-        or not secrets.compare_digest(password.encode(), user.password.encode())
-    ):
-        return None
-    return username
-
-
-def _org_matches(user: IicsUser, org_id: str | None) -> bool:
-    return org_id in (user.org_id, user.legacy_org_id)
-
-
 class _LoginHost:
     """Handlers of the login host (``dm-us.informaticacloud.com``)."""
 
@@ -104,19 +104,55 @@ class _LoginHost:
         self.state = state
         self.urls = urls
 
+    async def _password_user(
+        self,
+        request: web.Request,
+        api: Literal["v2", "v3", "ids"],
+        *,
+        echo: bool = True,
+    ) -> str | web.Response:
+        """The user whose name and password the JSON body carries, or the API's refusal.
+
+        ``echo``: the refusal's text obeys ``state.rejection_echo``.
+        """
+        malformed, refused = _REFUSALS[api]
+        body = await read_json_object(request)
+        if body is None:
+            return malformed()
+        username = str_field(body, "username")
+        password = str_field(body, "password")
+        user = self.state.iics_users.get(username or "")
+        if (
+            username is None
+            or user is None
+            or password is None
+            or not secrets.compare_digest(password.encode(), user.password.encode())
+        ):
+            text = await rejection_text(self.state, request, _BAD_LOGIN) if echo else _BAD_LOGIN
+            return refused(text)
+        return username
+
     def _v2_login_success(self, username: str, service: str) -> web.Response:
         session = self.state.open_iics_session(username, service)
         return web.json_response(_v2_user(self.state, self.urls, username, session.session_id))
 
+    def _org_user_login(
+        self, username: str, org_id: str | None, what: str, service: str
+    ) -> web.Response:
+        """Log ``username`` in if it is a user of ``org_id``; ``what`` names its token."""
+        user = self.state.iics_users.get(username)
+        if user is None or org_id not in (user.org_id, user.legacy_org_id):
+            return v2_error(403, "UI_10000", f"The {what} user is not valid for this organization.")
+        return self._v2_login_success(username, service)
+
+    @route("POST", "/ma/api/v2/user/login")
     async def v2_login(self, request: web.Request) -> web.Response:
-        body = await read_json_object(request)
-        if body is None:
-            return malformed_v2()
-        username = _check_password(self.state, body)
-        if username is None:
-            return _bad_login_v2(await rejection_text(self.state, request, _BAD_LOGIN))
+        username = await self._password_user(request, "v2")
+        if isinstance(username, web.Response):
+            return username
         return self._v2_login_success(username, "iics-v2-login")
 
+    @route("POST", "/ma/api/v2/user/loginSaml")
     async def login_saml(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         if body is None:
@@ -130,11 +166,9 @@ class _LoginHost:
         if assertion_id in self.state.used_saml_assertions:
             return v2_error(403, "UI_10000", "The SAML assertion has already been used.")
         self.state.used_saml_assertions.add(assertion_id)
-        user = self.state.iics_users.get(username)
-        if user is None or not _org_matches(user, str_field(body, "orgId")):
-            return v2_error(403, "UI_10000", "The SAML user is not valid for this organization.")
-        return self._v2_login_success(username, "iics-saml")
+        return self._org_user_login(username, str_field(body, "orgId"), "SAML", "iics-saml")
 
+    @route("POST", "/ma/api/v2/user/loginOAuth")
     async def login_oauth(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         if body is None:
@@ -151,10 +185,7 @@ class _LoginHost:
             return v2_error(403, "UI_10000", problem)
         subject = str(claims["sub"])
         username = self.state.oauth_client_users.get(subject, subject)
-        user = self.state.iics_users.get(username)
-        if user is None or not _org_matches(user, str_field(body, "orgId")):
-            return v2_error(403, "UI_10000", "The OAuth user is not valid for this organization.")
-        return self._v2_login_success(username, "iics-oauth")
+        return self._org_user_login(username, str_field(body, "orgId"), "OAuth", "iics-oauth")
 
     def _oauth_claims_problem(self, claims: dict[str, Any]) -> str | None:
         now = self.state.clock.now()
@@ -173,6 +204,7 @@ class _LoginHost:
             return "The OAuth token lacks a valid nbf or exp."
         return None
 
+    @route("POST", "/ma/api/v2/user/loginSf")
     async def login_sf(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         if body is None:
@@ -182,14 +214,11 @@ class _LoginHost:
             return v2_error(403, "UI_10000", "The Salesforce session is not valid.")
         return self._v2_login_success(self.state.sf_iics_user, "iics-sf")
 
+    @route("POST", "/saas/public/core/v3/login")
     async def v3_login(self, request: web.Request) -> web.Response:
-        body = await read_json_object(request)
-        if body is None:
-            return v3_error(400, "APP_10000", "The request body is not a valid JSON object.")
-        username = _check_password(self.state, body)
-        if username is None:
-            text = await rejection_text(self.state, request, _BAD_LOGIN)
-            return v3_error(403, "IDS_085", text)
+        username = await self._password_user(request, "v3")
+        if isinstance(username, web.Response):
+            return username
         user = self.state.iics_users[username]
         session = self.state.open_iics_session(username, "iics-v3-login")
         return web.json_response(
@@ -211,6 +240,7 @@ class _LoginHost:
             }
         )
 
+    @route("POST", "/saas/public/core/v3/logout")
     async def v3_logout(self, request: web.Request) -> web.Response:
         session = self.state.use_iics_session(request.headers.get("INFA-SESSION-ID"))
         if session is None:
@@ -218,19 +248,18 @@ class _LoginHost:
         del self.state.iics_sessions[session.session_id]
         return web.json_response({})
 
+    @route("POST", "/ma/api/v2/user/logoutall")
     async def logout_all(self, request: web.Request) -> web.Response:
-        body = await read_json_object(request)
-        if body is None:
-            return malformed_v2()
-        username = _check_password(self.state, body)
-        if username is None:
-            return _bad_login_v2()
+        username = await self._password_user(request, "v2", echo=False)
+        if isinstance(username, web.Response):
+            return username
         org_id = self.state.iics_users[username].org_id
         sessions = self.state.iics_sessions
         for session_id in [sid for sid, s in sessions.items() if s.org_id == org_id]:
             del sessions[session_id]
         return web.Response(status=200)
 
+    @route("GET", "/ma/api/v2/user")
     async def list_users(self, request: web.Request) -> web.Response:
         session = self.state.use_iics_session(request.headers.get("icSessionId"))
         if session is None:
@@ -242,13 +271,11 @@ class _LoginHost:
         ]
         return web.json_response(users)
 
+    @route("POST", "/identity-service/api/v1/Login")
     async def ids_login(self, request: web.Request) -> web.Response:
-        body = await read_json_object(request)
-        if body is None:
-            return ids_error(400, "IDS_400", "The request body is not a valid JSON object.")
-        username = _check_password(self.state, body)
-        if username is None:
-            return ids_error(401, "IDS_085", "User name or password is not valid.")
+        username = await self._password_user(request, "ids", echo=False)
+        if isinstance(username, web.Response):
+            return username
         user = self.state.iics_users[username]
         session = self.state.open_iics_session(
             username, "ids-login", lifetime=self.state.ids_session_lifetime
@@ -274,6 +301,8 @@ class _LoginHost:
             }
         )
 
+    @route("POST", "/identity-service/api/v1/jwt/Token")
+    @route("GET", "/identity-service/api/v1/jwt/Token")
     async def ids_jwt_token(self, request: web.Request) -> web.Response:
         nonce = request.query.get("nonce")
         if not nonce:
@@ -298,6 +327,7 @@ class _LoginHost:
         self.state.ids_jwts[jti] = expires_at
         return web.json_response({"jwt_token": sign_jwt(claims, self.state.ids_jwt_key)})
 
+    @route("POST", "/identity-service/api/v1/Logout")
     async def ids_logout(self, request: web.Request) -> web.Response:
         session = self.state.use_iics_session(request.headers.get("IDS-SESSION-ID"))
         if session is None:
@@ -307,22 +337,10 @@ class _LoginHost:
 
 
 def build_login_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
-    host = _LoginHost(state, urls)
     app = web.Application(
         middlewares=[
             journal_middleware(state, "iics-login-host", lambda r: _LOGIN_SERVICES.get(r.path))
         ]
     )
-    app.router.add_post("/ma/api/v2/user/login", host.v2_login)
-    app.router.add_post("/ma/api/v2/user/loginSaml", host.login_saml)
-    app.router.add_post("/ma/api/v2/user/loginOAuth", host.login_oauth)
-    app.router.add_post("/ma/api/v2/user/loginSf", host.login_sf)
-    app.router.add_post("/ma/api/v2/user/logoutall", host.logout_all)
-    app.router.add_get("/ma/api/v2/user", host.list_users)
-    app.router.add_post("/saas/public/core/v3/login", host.v3_login)
-    app.router.add_post("/saas/public/core/v3/logout", host.v3_logout)
-    app.router.add_post("/identity-service/api/v1/Login", host.ids_login)
-    app.router.add_route("POST", "/identity-service/api/v1/jwt/Token", host.ids_jwt_token)
-    app.router.add_route("GET", "/identity-service/api/v1/jwt/Token", host.ids_jwt_token)
-    app.router.add_post("/identity-service/api/v1/Logout", host.ids_logout)
+    add_handlers(app, _LoginHost(state, urls))
     return app

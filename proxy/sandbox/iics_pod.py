@@ -13,7 +13,13 @@ from collections.abc import Iterator
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.sandbox.appkit import body_chunks, journal_middleware, read_json_object
+from proxy.sandbox.appkit import (
+    add_handlers,
+    body_chunks,
+    journal_middleware,
+    read_json_object,
+    route,
+)
 from proxy.sandbox.iics import dead_session, malformed_v2, str_field, v2_error, v3_error
 from proxy.sandbox.state import IicsSession, SandboxState, SandboxUrls
 from proxy.sandbox.tokens import random_id
@@ -87,6 +93,7 @@ class _Pod:
         """The session that ``_require_session`` already found live."""
         return self.state.iics_sessions[_presented_session_id(request) or ""]
 
+    @route("GET", "/saas/api/v2/agent")
     async def agents(self, request: web.Request) -> web.Response:
         org_id = self.state.iics_users[self._session(request).username].legacy_org_id
         agents = [
@@ -110,14 +117,17 @@ class _Pod:
         ]
         return web.json_response(agents)
 
+    @route("POST", "/saas/api/v2/user/logout")
     async def v2_logout(self, request: web.Request) -> web.Response:
         self.state.iics_sessions.pop(self._session(request).session_id, None)
         return web.Response(status=200)
 
+    @route("POST", "/saas/public/core/v3/logout")
     async def v3_logout(self, request: web.Request) -> web.Response:
         self.state.iics_sessions.pop(self._session(request).session_id, None)
         return web.json_response({})
 
+    @route("POST", _VALID_SESSION_ID)
     async def valid_session_id(self, request: web.Request) -> web.Response:
         """How long the session in the body has left, in whole minutes; not a use of it."""
         body = await read_json_object(request)
@@ -138,6 +148,7 @@ class _Pod:
             }
         )
 
+    @route("GET", "/saas/public/core/v3/objects")
     async def objects(self, request: web.Request) -> web.Response:
         objects = [
             {
@@ -158,6 +169,7 @@ class _Pod:
             {"count": len(shown), "objects": shown, "rawQuery": request.rel_url.raw_query_string}
         )
 
+    @route("GET", "/saas/public/core/v3/export/{id}/package")
     async def export_package(self, request: web.Request) -> web.StreamResponse:
         match = re.fullmatch(r"size-(\d{1,15})", request.match_info["id"])
         if match is None:
@@ -174,6 +186,7 @@ class _Pod:
         await response.write_eof()
         return response
 
+    @route("POST", "/saas/public/core/v3/import/package")
     async def import_package(self, request: web.Request) -> web.Response:
         digest = hashlib.sha256()
         size = 0
@@ -184,6 +197,8 @@ class _Pod:
             {"jobId": random_id(22), "size": size, "sha256": digest.hexdigest()}
         )
 
+    # /echo is outside /saas, so tests can see IDS-SESSION-ID auth for "other" services.
+    @route("*", "/saas/api/v2/echo", "/saas/public/core/v3/echo", "/echo")
     async def echo(self, request: web.Request) -> web.Response:
         """Test helper, not a vendor API: shows exactly what arrived."""
         body = await request.read()
@@ -204,9 +219,11 @@ class _Pod:
             }
         )
 
+    @route("GET", "/saas/api/v2/redirect")
     async def redirect(self, request: web.Request) -> web.Response:
         raise web.HTTPFound(self.urls.pod + "/saas/api/v2/agent")
 
+    @route("GET", "/saas/api/v2/status/{code}")
     async def status(self, request: web.Request) -> web.Response:
         try:
             code = int(request.match_info["code"])
@@ -220,6 +237,7 @@ class _Pod:
             return v2_error(code, f"SANDBOX_{code}", f"Sandbox answered {code} as asked.")
         return web.json_response({"@type": "status", "code": code}, status=code)
 
+    @route("GET", "/saas/api/v2/slow")
     async def slow(self, request: web.Request) -> web.Response:
         try:
             seconds = float(request.query.get("seconds", "1"))
@@ -232,22 +250,8 @@ class _Pod:
 
 
 def build_pod_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
-    pod = _Pod(state, urls)
     app = web.Application(
         middlewares=[journal_middleware(state, "iics-pod", lambda r: None), _require_session(state)]
     )
-    app.router.add_get("/saas/api/v2/agent", pod.agents)
-    app.router.add_post("/saas/api/v2/user/logout", pod.v2_logout)
-    app.router.add_post(_VALID_SESSION_ID, pod.valid_session_id)
-    app.router.add_route("*", "/saas/api/v2/echo", pod.echo)
-    app.router.add_get("/saas/api/v2/redirect", pod.redirect)
-    app.router.add_get("/saas/api/v2/status/{code}", pod.status)
-    app.router.add_get("/saas/api/v2/slow", pod.slow)
-    app.router.add_post("/saas/public/core/v3/logout", pod.v3_logout)
-    app.router.add_get("/saas/public/core/v3/objects", pod.objects)
-    app.router.add_get("/saas/public/core/v3/export/{id}/package", pod.export_package)
-    app.router.add_post("/saas/public/core/v3/import/package", pod.import_package)
-    app.router.add_route("*", "/saas/public/core/v3/echo", pod.echo)
-    # A path outside /saas, so tests can see IDS-SESSION-ID auth for "other" services.
-    app.router.add_route("*", "/echo", pod.echo)
+    add_handlers(app, _Pod(state, urls))
     return app

@@ -9,7 +9,13 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from proxy.sandbox.appkit import journal_middleware, read_json_object, rejection_text
+from proxy.sandbox.appkit import (
+    add_handlers,
+    journal_middleware,
+    read_json_object,
+    rejection_text,
+    route,
+)
 from proxy.sandbox.state import IvantiSession, SandboxState, SandboxUrls
 from proxy.sandbox.tokens import random_id, read_jwt, sign_jwt
 
@@ -58,6 +64,7 @@ class _Tenant:
         self.state = state
         self.urls = urls
 
+    @route("POST", "/api/rest/authentication/login")
     async def login(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         if body is None:
@@ -103,6 +110,7 @@ class _Tenant:
         # A raw session key; a JWT sent without "Bearer" is not accepted.
         return "#" in authorization and self.state.use_ivanti_session(authorization) is not None
 
+    @route("GET", "/api/odata/businessobject/{target}")
     async def business_object(self, request: web.Request) -> web.Response:
         if not self._is_authorized(request):
             return _unauthorized()
@@ -145,6 +153,7 @@ class _Tenant:
             body["@odata.nextLink"] = str(next_page)
         return web.json_response(body)
 
+    @route("GET", "/api/odata/$metadata")
     async def metadata(self, request: web.Request) -> web.Response:
         if not self._is_authorized(request):
             return _unauthorized()
@@ -156,7 +165,6 @@ def _prefix_of(request: web.Request) -> str:
 
 
 def build_ivanti_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
-    tenant = _Tenant(state, urls)
     app = web.Application(
         middlewares=[
             journal_middleware(
@@ -168,8 +176,5 @@ def build_ivanti_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
             )
         ]
     )
-    for prefix in _PREFIXES:
-        app.router.add_post(f"{prefix}/api/rest/authentication/login", tenant.login)
-        app.router.add_get(f"{prefix}/api/odata/$metadata", tenant.metadata)
-        app.router.add_get(f"{prefix}/api/odata/businessobject/{{target}}", tenant.business_object)
+    add_handlers(app, _Tenant(state, urls), prefixes=_PREFIXES)
     return app
