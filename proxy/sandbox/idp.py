@@ -1,8 +1,8 @@
 """Fake identity providers that feed the alternative IICS logins.
 
 * an OAuth2 token endpoint (RFC 6749 §4.4 client credentials) minting the single-use JWTs
-  that loginOAuth takes (protocols §6);
-* Salesforce's SOAP ``login()`` (protocols §5.4), whose session ids loginSf takes.
+  that loginOAuth takes;
+* Salesforce's SOAP ``login()``, whose session ids loginSf takes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 _SF_FAULT = "urn:fault.partner.soap.sforce.com"
 _SF_PARTNER = "urn:partner.soap.sforce.com"
 _SF_ORG_ID = "00Dxx0000001gEH"
-# login() is gone from API 65.0 on (protocols §5.4).
+# Salesforce removed SOAP login() from API 65.0 on.
 _LAST_SOAP_LOGIN_VERSION = 64.0
 
 

@@ -1,4 +1,4 @@
-"""Fake Ivanti Service Manager tenant (protocols §7), at the root and under ``/HEAT``."""
+"""Fake Ivanti Service Manager tenant, at the root and under ``/HEAT``."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class _Tenant:
         self.state.ivanti_sessions[key] = IvantiSession(
             key=key, username=username, role=user.role, last_used=now, expires_at=expires_at
         )
-        # The whole body is a bare JSON string, not an object (protocols §7.2).
+        # The whole body is a bare JSON string, not an object, as Ivanti answers.
         return web.json_response(key)
 
     def _is_authorized(self, request: web.Request) -> bool:
