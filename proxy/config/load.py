@@ -6,7 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from proxy.config import Config, ConfigError, parse_config
+from proxy.config.errors import ConfigError
+from proxy.config.model import Config
+from proxy.config.parse import parse_config
 
 
 def load_config(path: Path | str) -> Config:

@@ -1,4 +1,5 @@
-"""The one family of errors the proxy answers with, and their HTTP form (SPEC §7).
+"""The one family of errors the proxy answers with, and their HTTP form (the README:
+"Errors from the proxy").
 
 Every failure a client can observe is a ``ProxyError``: a stable code, the HTTP status
 that goes with it, and one sentence a user can act on. Messages never carry secrets:
@@ -27,7 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
 
 
 class ProxyError(Exception):
-    """An error answered to the client in the SPEC §7 format."""
+    """An error answered to the client as ``{"error": {"code", "message", "route"}}``."""
 
     code = "internal"
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics, one registry per ``ProxyServer`` (SPEC §8).
+"""Prometheus metrics, one registry per ``ProxyServer`` (the README: "Metrics").
 
 The request path makes one call per request (``Metrics.request``): the labelled children
 for a route are created once, when a config is built, so a request costs a dictionary
