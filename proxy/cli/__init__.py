@@ -1,4 +1,4 @@
-"""Command line: ``auth-proxy [serve|check|clear|demo|sandbox|ca] ...`` (SPEC §2).
+"""Command line: ``auth-proxy [serve|check|clear|demo|sandbox|ca] ...`` (README, "Commands").
 
 Exit codes: 0 ok, 2 invalid config or usage (one line per problem, each naming its key
 path, no traceback), 1 runtime failure.

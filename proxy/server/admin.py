@@ -1,4 +1,4 @@
-"""Admin endpoints under the reserved ``/-/`` prefix (SPEC §8).
+"""Admin endpoints under the reserved ``/-/`` prefix (README, "Endpoints").
 
 ``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
 show a secret. ``POST /-/reload`` and ``POST /-/sessions/<route>/clear`` change state, so

@@ -1,4 +1,6 @@
-"""One cached vendor session per route, and the rules that keep accounts safe (SPEC §4).
+"""One cached vendor session per route, and the rules that keep accounts safe.
+
+See the README, "Sessions and lockout safety".
 
 ``RouteSessions.acquire()`` is on every request's path, so its fast path is a few
 comparisons. Everything else — logging in, renewing, backing off — happens in at most
@@ -75,7 +77,6 @@ class SessionStatus:
     last_error: str | None = None
     org: str | None = None
     upstream: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class RouteSessions:
