@@ -130,7 +130,7 @@ class ProxyServer:
                 route is None and ca is not None,
             )
             await self._serve(sock, door, ca)
-            self.listeners.append(Listener(host, bound, route))
+            self.listeners.append(Listener(host, bound))
         log.info(
             "listening",
             pid=os.getpid(),

@@ -13,8 +13,7 @@ Sockets = dict[tuple[str, int], socket.socket]  # keyed by the configured (host,
 @dataclass(frozen=True, slots=True)
 class Listener:
     host: str
-    port: int
-    route: str | None  # None: the main listener
+    port: int  # as bound: a configured port 0 becomes the one the system chose
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
