@@ -1,6 +1,7 @@
-"""The vendor-aware pieces against the sandbox over real sockets, before they are wired
-into the proxy: the throttle budget reads the sandbox's refusals, the probe reads its
-validSessionId, the OData rewrite handles its pages, and v3 products select by name."""
+"""The vendor-aware pieces on their own against the sandbox over real sockets: the
+throttle budget reads the sandbox's refusals, the probe reads its validSessionId, the
+OData rewrite handles its pages, and v3 products select by name. Through the proxy they
+are tested in test_vendor_forwarding.py."""
 
 from __future__ import annotations
 

@@ -85,6 +85,7 @@ class IicsPasswordV3Auth(_IicsLogin):
     type: Literal["iics-password-v3"]
     username: str = Field(min_length=1, max_length=255)
     password: SecretField
+    product: str | None = Field(default=None, min_length=1)  # products[] entry; default first
 
 
 class IicsSamlAuth(_IicsLogin):

@@ -44,6 +44,31 @@ def _parse_resolve(value: Any) -> Any:
     return tuple(sorted(rules))  # one order, so equal maps share a pooled session
 
 
+_HTTP_METHOD = r"^[A-Z]+$"
+
+
+class Throttle(StrictModel):
+    """Waiting out the vendor's 429 (and 503 with ``Retry-After``) for idempotent methods."""
+
+    max_wait: float = Field(default=30, ge=0)  # seconds in all per request; 0 turns it off
+    methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(str(m).strip().upper() for m in value)
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unsafe = sorted(set(value) & {"POST", "PATCH", "CONNECT"})
+        if unsafe:
+            raise ValueError(f"{', '.join(unsafe)} is not idempotent: never retried")
+        return value
+
+
 class UpstreamOverride(StrictModel):
     """Per-route overrides of the connection defaults; ``None`` means inherit."""
 
@@ -54,6 +79,9 @@ class UpstreamOverride(StrictModel):
     trust_env: bool | None = None
     retry_body_limit: int | None = Field(default=None, ge=0)
     resolve: tuple[ResolveRule, ...] | None = None
+    throttle: Throttle | None = None
+    max_concurrent: int | None = Field(default=None, ge=1)
+    queue_timeout: float | None = Field(default=None, ge=0)
 
     _paths = field_validator("ca_bundle")(resolve_path)
     _resolve = field_validator("resolve", mode="before")(
@@ -69,9 +97,23 @@ class UpstreamSettings(StrictModel):
     trust_env: bool = True
     retry_body_limit: int = Field(default=1_048_576, ge=0)
     resolve: tuple[ResolveRule, ...] = ()
+    throttle: Throttle = Field(default_factory=Throttle)
+    max_concurrent: int | None = Field(default=None, ge=1)  # None: no cap
+    queue_timeout: float = Field(default=30, ge=0)
 
     _paths = field_validator("ca_bundle")(resolve_path)
     _resolve = field_validator("resolve", mode="before")(_parse_resolve)
+
+    def connection(self) -> tuple[object, ...]:
+        """What a login's connection depends on (not the data path's policies)."""
+        return (
+            self.connect_timeout,
+            self.read_timeout,
+            self.verify_tls,
+            self.ca_bundle,
+            self.trust_env,
+            self.resolve,
+        )
 
     def merged(self, override: UpstreamOverride | None) -> UpstreamSettings:
         if override is None:

@@ -23,6 +23,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "bad_request": 400,
     "method_not_allowed": 405,
     "draining": 503,
+    "route_busy": 503,
     "client_aborted": 499,  # nginx's convention; never sent, the client has gone
 }
 
@@ -111,6 +112,12 @@ class UpstreamTimeout(ProxyError):
 
 class Draining(ProxyError):
     code = "draining"
+
+
+class RouteBusy(ProxyError):
+    """The route's ``max_concurrent`` requests are at the vendor and the queue wait ran out."""
+
+    code = "route_busy"
 
 
 class ClientAborted(ProxyError):

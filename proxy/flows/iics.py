@@ -209,7 +209,7 @@ class IicsPasswordV3Flow(IicsFlow):
         if not isinstance(user, dict):
             raise LoginFailed(f"{what} answer has no userInfo")
         session_id = require_str(user, "sessionId", what)
-        base_api_url = select_product(data.get("products"), None, what)
+        base_api_url = select_product(data.get("products"), self.auth.product, what)
         return self.session_from(session_id, base_api_url, user)
 
     def logout(self, session: Session) -> LoginRequest:

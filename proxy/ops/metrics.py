@@ -21,6 +21,7 @@ UNROUTED = ""  # the route label of requests that matched no route
 
 # Proxied calls include slow exports and long polls; logins are seconds at most.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+QUEUE_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
 LOGIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 CLIENT_ABORTED = 499  # nginx's convention: its own label, so neither 4xx nor 5xx alerts see it
@@ -133,6 +134,26 @@ class Metrics:
             "1 if the last config load or reload succeeded, 0 if it failed.",
             registry=r,
         )
+        self.throttled_responses = Counter(
+            "auth_proxy_throttled_responses",
+            "Vendor answers that said 'too many requests' (429, or 503 with Retry-After), "
+            "by route and what the proxy did: retried, or passed the answer on.",
+            ["route", "action"],
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "auth_proxy_route_queue_length",
+            "Requests waiting for one of the route's max_concurrent slots.",
+            ["route"],
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "auth_proxy_route_queue_wait_seconds",
+            "Time a request waited for a max_concurrent slot (0 when it did not queue).",
+            ["route"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
         r.register(SessionCollector(sessions, now))
         self._routes: dict[str, _RouteChildren] = {}
         self._unrouted = _RouteChildren(self, UNROUTED)
@@ -144,6 +165,14 @@ class Metrics:
                 self._routes[name] = _RouteChildren(self, name)
                 self.logins.labels(name, "ok")
                 self.login_seconds.labels(name)
+
+    def throttled(self, route: str, retried: bool) -> None:
+        self.throttled_responses.labels(route, "retried" if retried else "passed_on").inc()
+
+    def watch_queue(self, route: str, queued: Callable[[], int]) -> Callable[[float], None]:
+        """Export ``queued()`` as the route's queue length; the observer of its waits."""
+        self.queue_length.labels(route).set_function(lambda: float(queued()))
+        return self.queue_wait_seconds.labels(route).observe
 
     def request(self, route: str | None, status: int, seconds: float, replayed: bool) -> None:
         children = self._routes.get(route or UNROUTED, self._unrouted)

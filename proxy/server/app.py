@@ -101,6 +101,7 @@ class ProxyServer:
             clock=self.clock,
             on_secret=REDACTOR.add,
             on_login=self.metrics.login,
+            metrics=self.metrics,
             previous=previous,
             lockouts=self.lockouts,
         )
