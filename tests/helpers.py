@@ -334,6 +334,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+async def run_check(*args: str) -> tuple[int, str, str]:
+    """``auth-proxy check ARGS`` from an async test: exit code, stdout, stderr."""
+    result = await asyncio.to_thread(run_cli, "check", *args)
+    return result.returncode, result.stdout, result.stderr
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -420,6 +426,16 @@ def jwt(**claims: Any) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
     return f"{part({'alg': 'HS256'})}.{part(claims)}.c2ln"
+
+
+def last_session_id(sandbox: Sandbox) -> str:
+    """The session id the sandbox POD's agent list was last asked with."""
+    return sandbox.state.requests_to("/saas/api/v2/agent")[-1].headers["icSessionId"]
+
+
+def logged_out(sandbox: Sandbox) -> set[str]:
+    """The session ids the sandbox POD was asked to log out."""
+    return {r.headers["icSessionId"] for r in sandbox.state.requests_to("/saas/api/v2/user/logout")}
 
 
 def last_call(sandbox: Sandbox, service: str) -> SeenRequest:
