@@ -1,7 +1,8 @@
 """Helpers for tests: plain functions and classes (the fixtures are in conftest.py).
 
 Sections: routes and config files; HTTP calls; metrics; the bare upstream; processes;
-logs; talking to the sandbox directly; TLS; login flows fed without sockets.
+logs; what the sandbox saw; the sandbox called directly; tokens; TLS; forward-proxy mode;
+login flows fed without sockets.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 import requests
 import trustme
 import yaml
@@ -107,11 +109,6 @@ def write_config(path: Path, routes: list[dict[str, Any]], **top: Any) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
-def v2_logins(sandbox: Sandbox) -> int:
-    """How many IICS v2 password logins the sandbox has received."""
-    return len(sandbox.state.logins_for("iics-v2-login"))
-
-
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -119,13 +116,19 @@ def base(server: ProxyServer, prefix: str = "") -> str:
     return f"http://127.0.0.1:{server.port}{prefix}"
 
 
-class Answer(NamedTuple):
+def port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None
+    return port
+
+
+class Fetched(NamedTuple):
     status: int
     body: Any  # the parsed JSON, or the text when it is not JSON
     headers: CIMultiDictProxy[str]
 
 
-async def fetch(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Answer:
+async def fetch(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Fetched:
     """One request, read to the end."""
     async with http.request(method, url, **kw) as resp:
         raw = await resp.read()
@@ -133,7 +136,7 @@ async def fetch(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -
         body = json.loads(raw)
     except ValueError:
         body = raw.decode("utf-8", "replace")
-    return Answer(resp.status, body, resp.headers)
+    return Fetched(resp.status, body, resp.headers)
 
 
 async def status_of(http: aiohttp.ClientSession, url: str, **kw: Any) -> int:
@@ -392,40 +395,12 @@ class LogCapture:
         return [e for e in out if name is None or e.get("event") == name]
 
 
-# --------------------------------------------------------------------------- the sandbox, directly
+# ----------------------------------------------------------------------- what the sandbox saw
 
 
-async def sandbox_v2_login(http: aiohttp.ClientSession, sandbox: Sandbox) -> str:
-    """Log in to the sandbox as its demo user (IICS v2); the session id."""
-    url = sandbox.urls.login + "/ma/api/v2/user/login"
-    async with http.post(url, json={"@type": "login", **DEMO}) as response:
-        assert response.status == 200
-        session_id: str = (await response.json())["icSessionId"]
-    return session_id
-
-
-async def get_agents(http: aiohttp.ClientSession, sandbox: Sandbox, session_id: str) -> int:
-    """The status of the sandbox POD's agent list asked with ``session_id``."""
-    url = sandbox.urls.pod + "/saas/api/v2/agent"
-    async with http.get(url, headers={"icSessionId": session_id}) as response:
-        return response.status
-
-
-def jwt_claims(token: str) -> dict[str, Any]:
-    payload = token.split(".")[1]
-    claims: dict[str, Any] = json.loads(
-        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    )
-    return claims
-
-
-def jwt(**claims: Any) -> str:
-    """A JWT carrying ``claims``, with a signature nobody checks."""
-
-    def part(obj: Any) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'HS256'})}.{part(claims)}.c2ln"
+def v2_logins(sandbox: Sandbox) -> int:
+    """How many IICS v2 password logins the sandbox has received."""
+    return len(sandbox.state.logins_for("iics-v2-login"))
 
 
 def last_session_id(sandbox: Sandbox) -> str:
@@ -473,6 +448,45 @@ async def assert_rejected_once(
     assert len(sandbox.state.logins) == attempts
 
 
+# ------------------------------------------------------------------- the sandbox, called directly
+
+
+async def sandbox_v2_login(http: aiohttp.ClientSession, sandbox: Sandbox) -> str:
+    """Log in to the sandbox as its demo user (IICS v2); the session id."""
+    url = sandbox.urls.login + "/ma/api/v2/user/login"
+    async with http.post(url, json={"@type": "login", **DEMO}) as response:
+        assert response.status == 200
+        session_id: str = (await response.json())["icSessionId"]
+    return session_id
+
+
+async def get_agents(http: aiohttp.ClientSession, sandbox: Sandbox, session_id: str) -> int:
+    """The status of the sandbox POD's agent list asked with ``session_id``."""
+    url = sandbox.urls.pod + "/saas/api/v2/agent"
+    async with http.get(url, headers={"icSessionId": session_id}) as response:
+        return response.status
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims
+
+
+def jwt(**claims: Any) -> str:
+    """A JWT carrying ``claims``, with a signature nobody checks."""
+
+    def part(obj: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256'})}.{part(claims)}.c2ln"
+
+
 # --------------------------------------------------------------------------- TLS
 
 
@@ -484,12 +498,6 @@ def server_tls(ca: trustme.CA, *names: str) -> ssl.SSLContext:
 
 
 # --------------------------------------------------------------------------- forward-proxy mode
-
-
-def port_of(url: str) -> int:
-    port = urlsplit(url).port
-    assert port is not None
-    return port
 
 
 def forward_config(
@@ -530,7 +538,7 @@ def forward_config(
     }
 
 
-def use_proxy(monkeypatch: Any, server: ProxyServer, ca: Path | None) -> None:
+def use_proxy(monkeypatch: pytest.MonkeyPatch, server: ProxyServer, ca: Path | None) -> None:
     """What a user does: point the tool at the proxy and (normally) at the proxy's CA."""
     monkeypatch.setenv("HTTPS_PROXY", base(server))
     monkeypatch.setenv("HTTP_PROXY", base(server))

@@ -130,8 +130,8 @@ async def test_the_probe_survives_a_throttled_or_unreachable_vendor(sandbox, htt
     server_url = sandbox.urls.pod + "/saas"
     probe = valid_session_probe(server_url, "demo", session_id)
     assert await run_flow(probe, over_http(http)) is None
-    # The driver lets a failed call out (it throws nothing into the flow): the failure
-    # is thrown in here, as whoever wires the probe must.
+    # drive() lets a failed call out of the loop instead of throwing it into the flow,
+    # so the one call is made here and its failure thrown into the probe.
     probe = valid_session_probe("http://127.0.0.1:9/saas", "demo", session_id)  # refused
     with pytest.raises(LoginFailed) as failed:
         await over_http(http)(next(probe))
