@@ -546,6 +546,15 @@ def use_proxy(monkeypatch: pytest.MonkeyPatch, server: ProxyServer, ca: Path | N
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
 
 
+async def open_tunnel(port: int, target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A CONNECT to ``target`` through the proxy on ``port``; the open tunnel."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return reader, writer
+
+
 def v2_tool() -> dict[str, Any]:
     """A tool that knows only the vendor's URLs: logs in with its own (dummy) credentials,
     then follows serverUrl with the session id it got. Blocking (``requests``)."""

@@ -26,6 +26,7 @@ from helpers import (
     POD_HOST,
     ProxyFactory,
     base,
+    open_tunnel,
     raw_exchange,
     use_proxy,
     v2_tool,
@@ -130,9 +131,7 @@ async def test_client_tls_verifies_against_the_proxy_ca_and_fails_without_it(
     assert vendor.state.logins == []
     # The certificate the proxy presents is for the host asked for, issued by its CA.
     trust = ssl.create_default_context(cafile=str(ca_files[0]))
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(f"CONNECT {POD_HOST}:443 HTTP/1.1\r\nHost: {POD_HOST}:443\r\n\r\n".encode())
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    _, writer = await open_tunnel(server.port, f"{POD_HOST}:443")
     await writer.start_tls(trust, server_hostname=POD_HOST)
     peer = writer.get_extra_info("peercert")
     assert peer["subjectAltName"] == (("DNS", POD_HOST),)

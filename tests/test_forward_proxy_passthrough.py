@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import trustme
-from helpers import ProxyFactory, raw_exchange, server_tls
+from helpers import ProxyFactory, open_tunnel, raw_exchange, server_tls
 
 
 @pytest.fixture
@@ -27,14 +27,6 @@ async def echo_server() -> AsyncIterator[int]:
     yield server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-
-
-async def open_tunnel(port: int, target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 "), head
-    return reader, writer
 
 
 async def test_passthrough_hosts_are_tunnelled_byte_for_byte(
