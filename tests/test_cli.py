@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
-from helpers import Served, iics_route, write_config
+from helpers import Served, ServeRoutes, iics_route, rss_kib, run_cli
 
 from proxy import __version__
 from proxy.sandbox import Sandbox, expected_sha256
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_version() -> None:
@@ -114,22 +98,10 @@ def test_listening_beyond_loopback_needs_client_auth(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- a real serving process
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.fixture
-async def served_iics(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
-) -> Served:
-    config = tmp_path / "config.yaml"
-    write_config(
-        config, [iics_route(sandbox)], listen={"host": "127.0.0.1", "port": unused_tcp_port}
-    )
-    return await serve_process(config, unused_tcp_port)
+async def served_iics(sandbox: Sandbox, serve_routes: ServeRoutes) -> Served:
+    """``auth-proxy serve`` with one iics-password route to the sandbox."""
+    return await serve_routes([iics_route(sandbox)])
 
 
 async def test_serve_logs_json_lines_and_exits_0_on_sigterm(

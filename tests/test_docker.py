@@ -12,19 +12,17 @@ import json
 import shlex
 import sys
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import ivanti_key_route
+from helpers import ROOT, ivanti_key_route
 
 from proxy.cli import COMMANDS
 from proxy.config import Config, ConfigError, parse_config
 from proxy.core.hosts import is_loopback
 from proxy.sandbox import Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = "/etc/auth-proxy/config.yaml"
 
 
