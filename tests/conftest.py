@@ -168,8 +168,10 @@ def serve_routes(serve_process: ServeProcess, tmp_path: Path, unused_tcp_port: i
         listen = {"host": "127.0.0.1", "port": unused_tcp_port}
         write_config(config, routes, listen=listen, **top)
         served = await serve_process(config, unused_tcp_port)
-        workers = top.get("workers", 1)
-        await wait_for(lambda: served.count("listening") == workers, what="every worker listening")
+        processes = top.get("workers", 1)
+        await wait_for(
+            lambda: served.count("listening") == processes, what="every worker listening"
+        )
         return served
 
     return start
