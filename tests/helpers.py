@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +138,25 @@ class Served:
         return self.events()
 
 
-async def spawn_served(config: Path, port: int, workdir: Path) -> Served:
+async def spawn_served(
+    config: Path,
+    port: int,
+    workdir: Path,
+    *,
+    launcher: Sequence[str] = ("-m", "proxy"),
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> Served:
+    """``auth-proxy serve -c config *args``, started by ``python *launcher``; waits for
+    ``/-/healthz`` on ``port``. ``env`` is added to this process's environment."""
     out, err = workdir / f"proxy-{port}.out", workdir / f"proxy-{port}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; probed over HTTP below
-            [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+            [sys.executable, *launcher, "serve", "-c", str(config), *args],
             stdout=stdout,
             stderr=stderr,
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
     served = Served(proc, port, out, err)
     deadline = time.monotonic() + 20

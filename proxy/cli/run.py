@@ -1,9 +1,11 @@
-"""What every command shares: exit codes, loading the config, running a coroutine."""
+"""What every command shares: exit codes, loading the config, running a coroutine, signals."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from proxy.config import Config, default_config_path
@@ -16,11 +18,44 @@ def load(path: str | None) -> Config:
     return load_config(default_config_path(path))
 
 
-def run(coro: Any) -> int:
+def run(coro: Coroutine[Any, Any, Any]) -> int:
+    """Run ``coro`` until it returns, or until SIGTERM or Ctrl-C cancel it (exit 0)."""
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        return int(asyncio.run(coro) or 0)
+        return int(asyncio.run(_until_stopped(coro)) or 0)
     return EXIT_OK
+
+
+async def _until_stopped(coro: Coroutine[Any, Any, Any]) -> Any:
+    task = asyncio.ensure_future(coro)
+    on_stop_signals(lambda _sig: task.cancel())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return EXIT_OK
+
+
+def on_stop_signals(
+    stop: Callable[[signal.Signals], object], reload: Callable[[], object] | None = None
+) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT, ``reload`` on SIGHUP, in the running loop.
+
+    SIGTERM needs a handler: as PID 1 in a container, a signal without one is ignored, and
+    the container is killed after its grace period. Windows has no SIGHUP (reload through
+    ``POST /-/reload`` there) and its event loops no ``add_signal_handler``: a plain
+    handler hands the signal to the loop instead.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop, sig)
+        except NotImplementedError:
+            signal.signal(
+                sig, lambda num, _frame: loop.call_soon_threadsafe(stop, signal.Signals(num))
+            )
+    sighup = getattr(signal, "SIGHUP", None)
+    if reload is not None and sighup is not None:
+        loop.add_signal_handler(sighup, reload)
 
 
 def install_uvloop() -> None:

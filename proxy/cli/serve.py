@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from proxy.cli.run import EXIT_OK, install_uvloop, run
+from proxy.cli.run import EXIT_OK, install_uvloop, on_stop_signals, run
 from proxy.config import Config
 from proxy.ops.logs import setup_logging
 from proxy.server.app import ProxyServer
@@ -42,15 +42,12 @@ async def serve(
     server = ProxyServer(config, config_path=config_path, lockouts=lockouts)
     await server.start(sockets)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         structlog.get_logger("auth_proxy").info("shutting_down", signal=sig.name)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGHUP, server.schedule_reload)
+    on_stop_signals(on_signal, server.schedule_reload)
     try:
         await stop.wait()
     finally:
