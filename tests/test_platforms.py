@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from helpers import ROOT, iics_route, spawn_served, write_config
 
 from proxy.sandbox import Sandbox
@@ -91,3 +92,30 @@ async def test_serve_without_fcntl_or_sighup_reloads_over_http_and_stops_on_sigt
             served.proc.kill()
             served.proc.wait()
     assert any(e["event"] == "shutting_down" and e["signal"] == "SIGTERM" for e in events)
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_workers_need_fork(tmp_path: Path, command: str) -> None:
+    config = tmp_path / "config.yaml"
+    route = {
+        "name": "r",
+        "match": {"prefix": "/r"},
+        "auth": {"type": "ivanti-api-key", "tenant": "t.example", "api_key": "k"},
+    }
+    write_config(config, [route], workers=2)
+    result = subprocess.run(
+        [
+            sys.executable,
+            *launcher(tmp_path, "import os\ndel os.fork\n"),
+            command,
+            "-c",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "workers: " in result.stderr and "workers: 1" in result.stderr
+    assert "Traceback" not in result.stderr

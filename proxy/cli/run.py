@@ -8,14 +8,35 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from proxy.config import Config, default_config_path
+from proxy.config import Config, ConfigError, default_config_path
 from proxy.config.load import load_config
+from proxy.server.listeners import bind_problem, probe_bind
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 
 def load(path: str | None) -> Config:
     return load_config(default_config_path(path))
+
+
+def local_address(config: Config) -> str | None:
+    """``host:port`` where this machine reaches the main listener (None: any free port)."""
+    host, port = config.listen.host, config.listen.port
+    if port == 0:
+        return None
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: loopback reaches it too
+        host = "::1" if host == "::" else "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def require_free(flag: str, first: int, count: int = 1, host: str = "127.0.0.1") -> None:
+    """Refuse, naming ``flag``, when a port from ``first`` on cannot be listened on (0: the
+    system picks free ones)."""
+    for port in range(first, first + count) if first else ():
+        if error := probe_bind(host, port):
+            raise ConfigError(
+                f"{flag}: {host}:{port} {bind_problem(error, host)}; choose another with {flag}"
+            )
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> int:

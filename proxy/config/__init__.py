@@ -121,6 +121,12 @@ def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     return os.path.abspath(_base_dir(info) / value)
 
 
+def _state_path(value: str, info: ValidationInfo) -> str:
+    """A file the proxy writes: under ``state_dir`` when one is set, else the config's directory."""
+    state_dir = (info.context or {}).get("state_dir")
+    return os.path.abspath(Path(state_dir or _base_dir(info)) / value)
+
+
 def _http_url(value: str, what: str = "URL") -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -528,7 +534,7 @@ class ForwardProxyCA(_Model):
     cert: str = Field(default="ca.pem", validate_default=True)
     key: str = Field(default="ca-key.pem", validate_default=True)
 
-    _paths = field_validator("cert", "key")(_resolve_path)
+    _paths = field_validator("cert", "key")(_state_path)
 
 
 class ForwardProxy(_Model):
@@ -577,7 +583,12 @@ class Config(_Model):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     forward_proxy: ForwardProxy = Field(default_factory=dict, validate_default=True)
     allowed_origins: tuple[BrowserOrigin, ...] = ()
+    # Where the proxy keeps what it writes (the forward-proxy CA, the workers' lockouts).
+    # None: the CA next to the config file, lockouts in the system's temp directory.
+    state_dir: str | None = None
     routes: tuple[Route, ...] = Field(min_length=1)
+
+    _state_dir = field_validator("state_dir")(_resolve_path)
 
     def upstream_for(self, route: Route) -> UpstreamSettings:
         return self.upstream.merged(route.upstream)
@@ -782,8 +793,11 @@ def parse_config(
     problems: list[Problem] = []
     data = _interpolate(data, (), os.environ if env is None else env, problems)
     unset = [loc for loc, _ in problems]  # what is below these follows from the variable
+    context = {"base_dir": str(base_dir)}
+    if isinstance(data.get("state_dir"), str):  # the CA's relative paths hang off it
+        context["state_dir"] = os.path.join(base_dir, data["state_dir"])
     try:
-        config = Config.model_validate(data, context={"base_dir": str(base_dir)})
+        config = Config.model_validate(data, context=context)
     except ValidationError as exc:
         found = _problems_of(exc)
     else:
