@@ -121,7 +121,7 @@ def with_default_command(args: Sequence[str]) -> list[str]:
     while i < len(out):
         if out[i] in ("-c", "--config"):
             i += 2
-        elif out[i].startswith("--config=") or (out[i].startswith("-c") and out[i][1] != "-"):
+        elif out[i].startswith(("--config=", "-c")):  # --config=FILE, -cFILE
             i += 1
         else:
             break
