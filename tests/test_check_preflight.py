@@ -223,3 +223,15 @@ def test_sandbox_names_a_port_in_use(held_port: int) -> None:
     result = run_cli("sandbox", "--port", str(held_port))
     assert result.returncode == 2
     assert f"--port: 127.0.0.1:{held_port} is already in use" in result.stderr
+
+
+def test_a_file_error_names_its_path(tmp_path: Path) -> None:
+    # `ca` creates the CA without the start-up checks; its error used to be a bare
+    # "Permission denied" or "File exists", with no path to go and fix.
+    (tmp_path / "not-a-dir").write_text("")
+    config = tmp_path / "c.yaml"
+    ca = {"cert": "not-a-dir/ca.pem", "key": "not-a-dir/ca-key.pem"}
+    write_config(config, [key_route("k")], forward_proxy={"enabled": True, "ca": ca})
+    result = run_cli("ca", "-c", str(config))
+    assert result.returncode == 1
+    assert str(tmp_path / "not-a-dir") in result.stderr
