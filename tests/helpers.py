@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
@@ -301,14 +301,25 @@ class Served:
         return self.events()
 
 
-async def spawn_served(config: Path, port: int, workdir: Path) -> Served:
+async def spawn_served(
+    config: Path,
+    port: int,
+    workdir: Path,
+    *,
+    launcher: Sequence[str] = ("-m", "proxy"),
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> Served:
+    """``auth-proxy serve -c config *args``, started by ``python *launcher``; waits for
+    ``/-/healthz`` on ``port``. ``env`` is added to this process's environment."""
     out, err = workdir / f"proxy-{port}.out", workdir / f"proxy-{port}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; probed over HTTP below
-            [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+            [sys.executable, *launcher, "serve", "-c", str(config), *args],
             stdout=stdout,
             stderr=stderr,
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
     served = Served(proc, config, port, out, err)
     deadline = time.monotonic() + 20
@@ -378,6 +389,9 @@ MACHINE_ENV = (
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
     "AUTH_PROXY_CONFIG",
+    "AUTH_PROXY_LISTEN",
+    "AUTH_PROXY_LOG_LEVEL",
+    "AUTH_PROXY_STATE_DIR",
     "NETRC",
 )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from helpers import Served, ServeRoutes, iics_route, rss_kib, run_cli
+from helpers import ROOT, Served, ServeRoutes, iics_route, rss_kib, run_cli
 
 from proxy import __version__
 from proxy.sandbox import Sandbox, expected_sha256
@@ -21,8 +21,20 @@ def test_version() -> None:
     assert result.stdout.strip() == f"auth-proxy {__version__}"
 
 
-def test_check_prints_routes_with_secrets_masked() -> None:
-    result = run_cli("check", "-c", "config.example.yaml", env={"IICS_PASSWORD": "hunter2"})
+EXAMPLE_SECRETS = {  # every secret source config.example.yaml reads
+    "env": ("IICS_PASSWORD", "SF_PASSWORD", "SF_SECURITY_TOKEN", "IVANTI_PASSWORD"),
+    "file": ("secrets/oauth-client-secret", "secrets/ivanti-api-key"),
+}
+
+
+def test_check_prints_routes_with_secrets_masked(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text((ROOT / "config.example.yaml").read_text())
+    (tmp_path / "secrets").mkdir()
+    for name in EXAMPLE_SECRETS["file"]:
+        (tmp_path / name).write_text("from-a-file\n")
+    env = {name: "hunter2" for name in EXAMPLE_SECRETS["env"]}
+    result = run_cli("check", "-c", str(config), "--listen", "127.0.0.1:0", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("config ok: 8 route(s)")

@@ -14,9 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 import trustme
-from helpers import StartSandbox, base, fetch, iics_route, port_of
+import truststore
+from helpers import StartSandbox, base, fetch, iics_route, port_of, server_tls
 
-from proxy.sandbox import Sandbox
+from proxy.core.clock import ManualClock
+from proxy.sandbox import Sandbox, SandboxState, run_sandbox
 
 AGENT = "/iics/saas/api/v2/agent"
 
@@ -68,25 +70,44 @@ async def test_ca_bundle_is_added_to_the_system_trust_store_not_substituted(
     tls_sandbox: StartSandbox,
     make_proxy,
     http: aiohttp.ClientSession,
-    ca: trustme.CA,
+    clock: ManualClock,
     ca_bundle: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # SSL_CERT_FILE/SSL_CERT_DIR are unset by clean_environment: these come from
-    # OpenSSL's default paths (on Debian, /usr/lib/ssl/cert.pem → ca-certificates.crt).
-    system = set(ssl.create_default_context().get_ca_certs(binary_form=True))
-    if not system:
-        pytest.skip("this machine has no system CA file for OpenSSL to load")
+    # The machine's store, simulated: another throwaway CA where OpenSSL (and so
+    # truststore, on Linux) looks for the system bundle. Nothing but the system store
+    # trusts it, so a login through it proves the system store is still consulted.
+    system_ca = trustme.CA()
+    system_file = tmp_path / "system.pem"
+    system_ca.cert_pem.write_to_path(str(system_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(system_file))
+    context = server_tls(system_ca, "127.0.0.1")
+    async with run_sandbox(SandboxState(clock=clock), ssl_context=context) as by_system:
+        by_bundle = await tls_sandbox("127.0.0.1")
+        bundle = {"ca_bundle": ca_bundle}
+        server = await make_proxy(
+            routes=[
+                iics_route(by_system, name="sys", prefix="/sys", upstream=bundle),
+                iics_route(by_bundle, name="bun", prefix="/bun", upstream=bundle),
+            ]
+        )
+        for prefix in ("/sys", "/bun"):
+            status, body, _ = await fetch(http, "GET", base(server, f"{prefix}{AGENT[5:]}"))
+            assert status == 200, body
+    assert len(by_system.state.logins_for("iics-v2-login")) == 1
+    assert len(by_bundle.state.logins_for("iics-v2-login")) == 1
+
+
+async def test_upstreams_are_verified_by_the_operating_system_trust_store(
+    tls_sandbox: StartSandbox, make_proxy, ca_bundle: str
+) -> None:
+    # truststore hands verification to the OS (Keychain, CryptoAPI; OpenSSL's system
+    # store on Linux), so a corporate CA installed on a Mac or a Windows machine counts.
     sb = await tls_sandbox("127.0.0.1")
     server = await make_proxy(routes=[iics_route(sb, upstream={"ca_bundle": ca_bundle})])
-    status, _, _ = await fetch(http, "GET", base(server, AGENT))
-    assert status == 200
-
     ctx = server.runtime.routes["iics"].client.ssl
-    assert isinstance(ctx, ssl.SSLContext)
-    trusted = set(ctx.get_ca_certs(binary_form=True))
-    assert ssl.PEM_cert_to_DER_cert(ca.cert_pem.bytes().decode()) in trusted
-    assert system <= trusted
-    assert len(trusted) == len(system) + 1
+    assert isinstance(ctx, truststore.SSLContext)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
 
 

@@ -9,7 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from proxy.cli.run import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from proxy.cli.run import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, local_address
 from proxy.config import Config
 from proxy.core.errors import ProxyError
 
@@ -22,13 +22,10 @@ def clear_command(config: Config, route: str) -> int:
     if route not in names:
         print(f"auth-proxy: unknown route {route} (routes: {', '.join(names)})", file=sys.stderr)
         return EXIT_USAGE
-    host, port = config.listen.host, config.listen.port
-    if port == 0:
+    where = local_address(config)
+    if where is None:
         print("auth-proxy: listen.port is 0 (any free port): no fixed address", file=sys.stderr)
         return EXIT_RUNTIME
-    if host in ("0.0.0.0", "::", ""):  # listening everywhere: loopback reaches it too
-        host = "::1" if host == "::" else "127.0.0.1"
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     headers = {"X-Auth-Proxy": "1"}  # the clear endpoint refuses requests without it
     if config.client_auth is not None:
         try:

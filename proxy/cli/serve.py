@@ -9,18 +9,21 @@ from pathlib import Path
 
 import structlog
 
-from proxy.cli.run import EXIT_OK, install_uvloop, run
-from proxy.config import Config
+from proxy.cli.run import EXIT_OK, install_uvloop, on_stop_signals, run
+from proxy.config import Config, default_config_path
+from proxy.config.load import load_config
 from proxy.ops.logs import setup_logging
 from proxy.server.app import ProxyServer
 from proxy.server.listeners import Sockets
-from proxy.server.startup import check_startup
+from proxy.server.preflight import check_preflight
 from proxy.server.supervisor import Supervisor
 from proxy.sessions.lockout import LockoutBoard
 
 
-def serve_command(config: Config, config_path: Path | None = None) -> int:
-    check_startup(config)
+def serve_command(config_arg: str | None) -> int:
+    config_path = default_config_path(config_arg)
+    config = load_config(config_path)
+    check_preflight(config)  # the same checks as `auth-proxy check`
     setup_logging(config.log.level, config.log.format)
     if config.workers > 1:
 
@@ -42,15 +45,12 @@ async def serve(
     server = ProxyServer(config, config_path=config_path, lockouts=lockouts)
     await server.start(sockets)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         structlog.get_logger("auth_proxy").info("shutting_down", signal=sig.name)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGHUP, server.schedule_reload)
+    on_stop_signals(on_signal, server.schedule_reload)
     try:
         await stop.wait()
     finally:

@@ -55,6 +55,12 @@ def resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     return os.path.abspath(_base_dir(info) / value)
 
 
+def state_path(value: str, info: ValidationInfo) -> str:
+    """A file the proxy writes: under ``state_dir`` when one is set, else the config's directory."""
+    state_dir = (info.context or {}).get("state_dir")
+    return os.path.abspath(Path(state_dir or _base_dir(info)) / value)
+
+
 def http_url(value: str, what: str = "URL") -> str:
     """``value`` if it is an http(s) URL with a host, without its trailing slash."""
     parts = urlsplit(value)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from proxy.config.auth import AuthConfig
-from proxy.config.fields import SecretField, StrictModel, resolve_path
+from proxy.config.fields import SecretField, StrictModel, resolve_path, state_path
 from proxy.config.upstream import UpstreamOverride, UpstreamSettings
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -135,7 +135,7 @@ class ForwardProxyCA(StrictModel):
     cert: str = Field(default="ca.pem", validate_default=True)
     key: str = Field(default="ca-key.pem", validate_default=True)
 
-    _paths = field_validator("cert", "key")(resolve_path)
+    _paths = field_validator("cert", "key")(state_path)
 
 
 class ForwardProxy(StrictModel):
@@ -184,7 +184,12 @@ class Config(StrictModel):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     forward_proxy: ForwardProxy = Field(default_factory=dict, validate_default=True)
     allowed_origins: tuple[BrowserOrigin, ...] = ()
+    # Where the proxy keeps what it writes (the forward-proxy CA, the workers' lockouts).
+    # None: the CA next to the config file, lockouts in the system's temp directory.
+    state_dir: str | None = None
     routes: tuple[Route, ...] = Field(min_length=1)
+
+    _state_dir = field_validator("state_dir")(resolve_path)
 
     def upstream_for(self, route: Route) -> UpstreamSettings:
         return self.upstream.merged(route.upstream)

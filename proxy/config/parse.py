@@ -29,8 +29,11 @@ def parse_config(
     problems: list[Problem] = []
     data = interpolate(data, (), os.environ if env is None else env, problems)
     unset = [loc for loc, _ in problems]  # what is below these follows from the variable
+    context = {"base_dir": str(base_dir)}
+    if isinstance(data.get("state_dir"), str):  # the CA's relative paths hang off it
+        context["state_dir"] = os.path.join(base_dir, data["state_dir"])
     try:
-        config = Config.model_validate(data, context={"base_dir": str(base_dir)})
+        config = Config.model_validate(data, context=context)
     except ValidationError as exc:
         found = problems_of(exc)
     else:

@@ -44,9 +44,7 @@ class Supervisor:
         self.target = target
         self.stopping = False
         self.pids: dict[int, int] = {}  # pid -> worker index
-        self.board = LockoutBoard(
-            Path(tempfile.mkdtemp(prefix="auth-proxy-lockouts-")), os.urandom(32)
-        )
+        self.board = LockoutBoard(_lockout_directory(config.state_dir), os.urandom(32))
         self.ports: dict[tuple[str, int], int] = {}
 
     def _bind(self) -> Sockets:
@@ -114,6 +112,15 @@ class Supervisor:
             if not self.stopping:
                 self._spawn(index, self._bind())
         return worst
+
+
+def _lockout_directory(state_dir: str | None) -> Path:
+    """A fresh directory for this run's lockout board: in the state directory (a container's
+    writable volume, where the rest of the file system may be read-only), else in the
+    system's temporary directory."""
+    if state_dir is not None:
+        Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="auth-proxy-lockouts-", dir=state_dir))
 
 
 def _exit_with_parent() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import ipaddress
 import os
 import shlex
@@ -83,7 +82,13 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """Serialise CA creation between processes (workers start together)."""
+    """Serialise CA creation between processes (workers start together). Without fcntl
+    (Windows) there are no workers either (they need fork), so one process, no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -97,7 +102,7 @@ def _write_private(directory: Path, data: bytes, mode: int) -> Path:
     fd, name = tempfile.mkstemp(dir=directory, prefix=".auth-proxy-")
     try:
         os.write(fd, data)
-        os.fchmod(fd, mode)
+        os.chmod(name, mode)  # not fchmod: Windows has no fchmod before Python 3.13
         os.fsync(fd)
     finally:
         os.close(fd)
