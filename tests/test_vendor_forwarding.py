@@ -27,10 +27,18 @@ def pod_requests(sandbox: Sandbox, path: str = "/saas/api/v2/agent") -> int:
     return len(sandbox.state.requests_to(path))
 
 
+async def logged_in(server: Any, http: aiohttp.ClientSession, sandbox: Sandbox) -> None:
+    """One request first: the login (and its session probe) happen before any limit."""
+    async with http.get(base(server, AGENT)) as resp:
+        assert resp.status == 200
+    sandbox.state.requests.clear()
+
+
 async def test_a_throttled_get_waits_as_told_and_succeeds(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     server = await make_proxy(routes=[throttled_route(sandbox)])
+    await logged_in(server, http, sandbox)
     sandbox.state.rate_limits["iics-pod"] = RateLimit(refuse_next=2, retry_after=3)
     before = clock.now()
     async with http.get(base(server, AGENT)) as resp:
@@ -47,6 +55,7 @@ async def test_a_retry_after_beyond_the_budget_passes_the_answer_on_at_once(
 ) -> None:
     route = throttled_route(sandbox, throttle={"max_wait": 10})
     server = await make_proxy(routes=[route])
+    await logged_in(server, http, sandbox)
     sandbox.state.rate_limits["iics-pod"] = RateLimit(refuse_next=5, retry_after=60)
     before = clock.now()
     async with http.get(base(server, AGENT)) as resp:
@@ -60,6 +69,7 @@ async def test_the_budget_bounds_the_total_wait(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     server = await make_proxy(routes=[throttled_route(sandbox, throttle={"max_wait": 5})])
+    await logged_in(server, http, sandbox)
     sandbox.state.rate_limits["iics-pod"] = RateLimit(refuse_next=10, retry_after=2)
     before = clock.now()
     async with http.get(base(server, AGENT)) as resp:
@@ -73,6 +83,8 @@ async def test_non_idempotent_requests_and_a_zero_budget_are_never_retried(
 ) -> None:
     on = await make_proxy(routes=[throttled_route(sandbox)])
     off = await make_proxy(routes=[throttled_route(sandbox, throttle={"max_wait": 0})])
+    for proxy in (on, off):
+        await logged_in(proxy, http, sandbox)
     sandbox.state.rate_limits["iics-pod"] = RateLimit(refuse_next=2, retry_after=1)
     async with http.post(base(on, AGENT), json={"name": "x"}) as resp:
         assert resp.status == 429
@@ -85,6 +97,7 @@ async def test_a_503_without_retry_after_is_an_outage_not_throttling(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession
 ) -> None:
     server = await make_proxy(routes=[throttled_route(sandbox)])
+    await logged_in(server, http, sandbox)
     sandbox.state.rate_limits["iics-pod"] = RateLimit(refuse_next=1, retry_after=None, status=503)
     async with http.get(base(server, AGENT)) as resp:
         assert resp.status == 503
@@ -95,6 +108,7 @@ async def test_an_http_date_retry_after_is_honoured(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     server = await make_proxy(routes=[throttled_route(sandbox)])
+    await logged_in(server, http, sandbox)
     sandbox.state.rate_limits["iics-pod"] = RateLimit(
         refuse_next=1, retry_after=4, status=503, http_date=True
     )

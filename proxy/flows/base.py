@@ -138,6 +138,14 @@ class Flow:
         """Renew a session that is about to end. Default: a fresh login."""
         return self.login()
 
+    def org_idle_timeout(self, session: Session) -> Generator[Step, Reply, float | None]:
+        """The idle timeout the vendor applies to ``session``, if it can say; never raises.
+
+        Default: unknown, without asking.
+        """
+        return None
+        yield  # a generator that asks nothing
+
     def logout(self, session: Session) -> LoginRequest | None:
         """The vendor call that ends ``session``, if the vendor has one."""
         return None

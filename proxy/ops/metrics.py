@@ -32,6 +32,7 @@ class SessionView(Protocol):
 
     state: str
     expires_at: float | None
+    logins_last_hour: int
 
 
 SessionSource = Callable[[], Iterable[tuple[str, SessionView]]]
@@ -60,18 +61,20 @@ class SessionCollector:
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        active, expiry = self._families()
+        active, expiry, logins = self._families()
         now = self._now()
         for route, status in self._sessions():
             live = status.state == "active"
             active.add_metric([route], 1.0 if live else 0.0)
             if live and status.expires_at is not None:
                 expiry.add_metric([route], max(0.0, status.expires_at - now))
+            logins.add_metric([route], float(status.logins_last_hour))
         yield active
         yield expiry
+        yield logins
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "auth_proxy_sessions_active",
@@ -82,6 +85,12 @@ class SessionCollector:
                 "auth_proxy_session_expiry_seconds",
                 "Seconds until the route's session expires (idle timeout or token exp); "
                 "absent when the route has no session or it never expires.",
+                labels=["route"],
+            ),
+            GaugeMetricFamily(
+                "auth_proxy_logins_last_hour",
+                "Logins (not renewals) the route made in the last hour: each may take a "
+                "vendor licence; more than its idle timeout explains is logged as a warning.",
                 labels=["route"],
             ),
         )
@@ -141,6 +150,12 @@ class Metrics:
             ["route", "action"],
             registry=r,
         )
+        self.preflight_renewals = Counter(
+            "auth_proxy_preflight_renewals",
+            "Sessions renewed before sending a body too large to replay after a 401.",
+            ["route"],
+            registry=r,
+        )
         self.queue_length = Gauge(
             "auth_proxy_route_queue_length",
             "Requests waiting for one of the route's max_concurrent slots.",
@@ -168,6 +183,9 @@ class Metrics:
 
     def throttled(self, route: str, retried: bool) -> None:
         self.throttled_responses.labels(route, "retried" if retried else "passed_on").inc()
+
+    def preflight_renewal(self, route: str) -> None:
+        self.preflight_renewals.labels(route).inc()
 
     def watch_queue(self, route: str, queued: Callable[[], int]) -> Callable[[float], None]:
         """Export ``queued()`` as the route's queue length; the observer of its waits."""

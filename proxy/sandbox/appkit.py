@@ -88,20 +88,24 @@ async def _journal_body(request: web.Request) -> bytes | None:
 
 
 def journal_middleware(
-    state: SandboxState, app_name: str, login_service: Callable[[web.Request], str | None]
+    state: SandboxState,
+    app_name: str,
+    login_service: Callable[[web.Request], str | None],
+    service_of: Callable[[web.Request], str | None] = lambda _request: None,
 ) -> Middleware:
     """Journal every request; login endpoints obey the state's failure switches, and
     every other request the app's rate limit.
 
     ``login_service`` names the login endpoint a request is for (``None`` for any other
-    request, which is journaled in ``state.requests`` under ``app_name``).
+    request, which is journaled in ``state.requests`` under ``app_name``, or under the
+    name ``service_of`` gives it: a session probe is not API traffic).
     """
 
     @web.middleware
     async def journal(request: web.Request, handler: Handler) -> web.StreamResponse:
         service = login_service(request)
         seen = SeenRequest(
-            service=service or app_name,
+            service=service or service_of(request) or app_name,
             method=request.method,
             url=f"{request.scheme}://{request.host}{request.raw_path}",
             headers=CIMultiDict(request.headers),

@@ -65,6 +65,11 @@ def _presented_session_id(request: web.Request) -> str | None:
 _VALID_SESSION_ID = "/saas/api/v2/user/validSessionId"
 
 
+def _probe_service(request: web.Request) -> str | None:
+    """validSessionId is journaled apart: it asks about a session, it is not API traffic."""
+    return "iics-probe" if request.path == _VALID_SESSION_ID else None
+
+
 def _require_session(state: SandboxState) -> Middleware:
     """Refuse any POD request without a live session (and mark the session as used).
 
@@ -251,7 +256,10 @@ class _Pod:
 
 def build_pod_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
     app = web.Application(
-        middlewares=[journal_middleware(state, "iics-pod", lambda r: None), _require_session(state)]
+        middlewares=[
+            journal_middleware(state, "iics-pod", lambda r: None, _probe_service),
+            _require_session(state),
+        ]
     )
     add_handlers(app, _Pod(state, urls))
     return app

@@ -118,5 +118,9 @@ class Admin:
                 "last_error": None if st.last_error is None else REDACTOR.text(st.last_error),
                 "org": st.org,
                 "upstream": st.upstream,
+                "idle_timeout": st.idle_timeout,
+                "idle_timeout_source": st.idle_timeout_source,
+                "logins_last_hour": st.logins_last_hour,
+                "logins_last_day": st.logins_last_day,
             }
         return out

@@ -69,6 +69,9 @@ class Runtime:
                 client.execute,
                 clock=clock,
                 idle_timeout=route.auth.idle_timeout,
+                idle_timeout_source=(
+                    "config" if "idle_timeout" in route.auth.model_fields_set else "default"
+                ),
                 refresh_margin=route.auth.refresh_margin,
                 login_retry_after=route.auth.login_retry_after,
                 reauth_on=route.auth.reauth_on,

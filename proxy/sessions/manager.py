@@ -28,6 +28,7 @@ from proxy.flows.driver import drive
 from proxy.ops.logs import REDACTOR, Registration
 from proxy.sessions.credentials import Values, by_command, fingerprint, resolve_all
 from proxy.sessions.lockout import LocalLockouts, Lockout, Lockouts
+from proxy.sessions.pacing import DAY, HOUR, LoginLog, org_idle_timeout
 
 log = structlog.get_logger("auth_proxy.sessions")
 
@@ -51,6 +52,7 @@ class Lease:
     last_used: float
     idle_timeout: float | None
     held: Registration
+    idle_source: str = "default"  # where idle_timeout came from: vendor, config, default
     _fixed_end: float = field(init=False)  # the earliest absolute end (JWT exp, ...)
     _idle: float | None = field(init=False)  # the sliding timeout, if it applies
 
@@ -77,6 +79,10 @@ class SessionStatus:
     last_error: str | None = None
     org: str | None = None
     upstream: str | None = None
+    idle_timeout: float | None = None
+    idle_timeout_source: str = "default"  # vendor | config | default
+    logins_last_hour: int = 0
+    logins_last_day: int = 0
 
 
 class RouteSessions:
@@ -88,6 +94,7 @@ class RouteSessions:
         *,
         clock: Clock,
         idle_timeout: float | None,
+        idle_timeout_source: str = "default",
         refresh_margin: float,
         login_retry_after: float,
         reauth_on: tuple[int, ...] = (401,),
@@ -104,6 +111,8 @@ class RouteSessions:
         self._execute = execute
         self._clock = clock
         self._idle_timeout = idle_timeout
+        self._idle_source = idle_timeout_source  # config, or default: the vendor may say
+        self._logins = LoginLog(route)
         self._margin = refresh_margin
         self._retry_after = login_retry_after
         self._register = on_secret
@@ -142,6 +151,28 @@ class RouteSessions:
             # A token that ran out inside a still-valid session is re-minted, not re-logged.
             return await self._shared(lease if self._can_renew(lease) else None)
         return await self._shared(None)
+
+    async def acquire_fresh(self) -> tuple[Lease, bool]:
+        """A lease for a request whose body cannot be replayed after a 401, and whether it
+        was renewed for it: renewed first when near its end, or when its validity is in
+        doubt (unused for half its idle timeout, so the vendor may have ended it).
+        """
+        lease = self._lease
+        if lease is None or not self._doubtful(lease):
+            return await self.acquire(), False
+        try:
+            renewed = await self._shared(lease)
+        except ProxyError:  # a renewal that may not start: the lease still looks valid
+            return lease, False
+        log.info("preflight_renewal", route=self.route)
+        return renewed, True
+
+    def _doubtful(self, lease: Lease) -> bool:
+        now = self._clock.now()
+        if lease.expires_at() - now <= self._margin:
+            return True
+        idle = lease.idle_timeout
+        return lease.session.sliding and idle is not None and now - lease.last_used > idle / 2
 
     def touch(self, lease: Lease) -> None:
         """A proxied call succeeded with ``lease``: the vendor's idle clock restarted."""
@@ -269,10 +300,14 @@ class RouteSessions:
             renewed.release()
             self._resolved.release()
             self._resolved = resolved
+        idle, source = await self._idle_for(session, kind)
         now = self._clock.now()
         if self._lease is not None:  # renewed ahead of its end: replaced now
             self._retire(self._lease)
-        self._lease = Lease(session, now, now, self._idle_timeout, self._register(*session.secrets))
+        held = self._register(*session.secrets)
+        self._lease = Lease(session, now, now, idle, held, idle_source=source)
+        if kind == "login":
+            self._logins.record(now, idle)
         self._backoff_step = 0.0
         self.last_error = None
         elapsed = time.perf_counter() - started
@@ -285,6 +320,18 @@ class RouteSessions:
             org=session.org,
         )
         return self._lease
+
+    async def _idle_for(self, session: Session, kind: str) -> tuple[float | None, str]:
+        """The idle timeout of a new session: the vendor's when it says (asked after a
+        login, unless the config sets one), else the configured or default one."""
+        if kind == "login" and self._idle_source != "config" and session.sliding:
+            found = await org_idle_timeout(self.flow, session, self._execute)
+            if found is not None:
+                log.info("org_idle_timeout", route=self.route, seconds=found)
+                return found, "vendor"
+        if kind != "login" and self._lease is not None:  # a renewal keeps what was learned
+            return self._lease.idle_timeout, self._lease.idle_source
+        return self._idle_timeout, self._idle_source
 
     async def _read_credentials(self) -> tuple[Values, str]:
         """The secret values this attempt will use, and their fingerprint."""
@@ -381,8 +428,16 @@ class RouteSessions:
             state = "backoff"
         else:
             state = "none"
-        st = SessionStatus(state=state, last_error=self.last_error)
+        st = SessionStatus(
+            state=state,
+            last_error=self.last_error,
+            idle_timeout=self._idle_timeout,
+            idle_timeout_source=self._idle_source,
+            logins_last_hour=self._logins.count(now, HOUR),
+            logins_last_day=self._logins.count(now, DAY),
+        )
         if lease is not None:
+            st.idle_timeout, st.idle_timeout_source = lease.idle_timeout, lease.idle_source
             exp = lease.expires_at()
             st.logged_in_at = lease.logged_in_at
             st.expires_at = None if exp == float("inf") else exp

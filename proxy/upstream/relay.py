@@ -50,7 +50,12 @@ async def _exchange(ex: Exchange, route: RouteRuntime) -> web.StreamResponse:
     sessions = route.sessions
     body = Body(ex.request, route.retry_body_limit)
     await body.prepare()
-    lease = await sessions.acquire()
+    if body.replayable:
+        lease = await sessions.acquire()
+    else:  # no second chance after a 401: make sure of the session first
+        lease, renewed = await sessions.acquire_fresh()
+        if renewed:
+            route.events.preflight_renewal(route.name)
     watch = route.client.watchdog.watch(route.client.settings.read_timeout)
     upstream = await _send(ex, route, lease, body, watch)
     replay = await sessions.settle(lease, upstream.status, replayable=body.replayable)

@@ -19,6 +19,7 @@ class RouteEvents(Protocol):
     """What the data path reports beyond the access line (the metrics implement it)."""
 
     def throttled(self, route: str, retried: bool) -> None: ...
+    def preflight_renewal(self, route: str) -> None: ...
 
 
 @dataclass(eq=False)
