@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -170,3 +172,13 @@ async def test_streaming_a_large_download_and_upload_keeps_memory_flat(
             assert (await resp.json())["size"] == size
     growth_mib = (peak - baseline) / 1024
     assert growth_mib < 40, f"proxy RSS grew by {growth_mib:.1f} MiB while streaming 2x300 MiB"
+
+
+def test_a_reader_that_stops_early_is_no_error() -> None:
+    # ``auth-proxy completion bash | head -1``: the pipe closes before the script is out.
+    shell = f"{sys.executable} -m proxy completion bash | head -c 10 > /dev/null"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Broken pipe" not in done.stderr

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from proxy import __version__
-from proxy.cli.run import EXIT_RUNTIME, EXIT_USAGE, load, require_free, run
+from proxy.cli.run import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, load, require_free, run
 from proxy.config import ConfigError
 from proxy.config.overrides import CONFIG, LISTEN, LOG_LEVEL, STATE_DIR, Setting
 
@@ -185,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines:
             print(f"auth-proxy: config error: {line}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (``auth-proxy completion bash | head``): not an error.
+        # stdout is pointed at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"auth-proxy: {where}{exc.strerror or exc}", file=sys.stderr)
