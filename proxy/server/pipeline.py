@@ -110,8 +110,10 @@ class Pipeline:
         )
         if matched is None:
             raise NoRoute(f"no route matches {ex.path}")
-        route, ex.prefix, ex.rest = matched
+        route, prefix, ex.rest = matched
         ex.route = route
+        if target is None:
+            ex.public_base = f"{request.scheme}://{request.host}{prefix}"
         kind = emulation.emulated_kind(route, request.method, ex.rest)
         if kind is not None:
             return await emulation.answer(route, kind, ex.public_base)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -178,12 +179,15 @@ class RouteSessions:
         """A proxied call succeeded with ``lease``: the vendor's idle clock restarted."""
         lease.last_used = self._clock.now()
 
-    async def settle(self, lease: Lease, status: int, *, replayable: bool) -> Lease | None:
+    def settle(
+        self, lease: Lease, status: int, *, replayable: bool
+    ) -> Coroutine[Any, Any, Lease] | None:
         """What an upstream answer with ``status`` means for the session.
 
-        Returns the lease to replay the request with, or None when the answer stands. A
-        status in ``reauth_on`` drops ``lease`` (if still current) and, for a request that
-        can be replayed, gets a new session: one re-login however many requests ask.
+        None when the answer stands; else the renewal to await, whose lease the request is
+        replayed with. A status in ``reauth_on`` drops ``lease`` (if still current) and,
+        for a request that can be replayed, gets a new session: one re-login however many
+        requests ask. (Not a coroutine itself: the common answer costs no task switch.)
         """
         if status not in self.reauth_on:
             self.touch(lease)
@@ -191,7 +195,7 @@ class RouteSessions:
         if not replayable:
             self.invalidate(lease)
             return None
-        return await self.reauth(lease)
+        return self.reauth(lease)
 
     def settle_replay(self, lease: Lease, status: int) -> None:
         """The answer to a replay: it stands, and a refusal never causes a second login."""

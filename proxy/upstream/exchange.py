@@ -27,7 +27,9 @@ class Exchange:
     # client keeps using: no URL in an answer points at the proxy). None: reverse mode.
     origin: str | None = None
     route: RouteRuntime | None = None
-    prefix: str = ""  # the part of the path the upstream base replaces
+    # The route base as the client sees it (scheme, Host, the matched prefix), which
+    # answers' URLs are pointed back at; None in forward-proxy mode.
+    public_base: str | None = None
     rest: str = ""  # the path after the prefix
     cors_origin: str | None = None  # an allowed browser origin: every answer names it
     status: int = 500
@@ -38,13 +40,6 @@ class Exchange:
     @property
     def route_name(self) -> str | None:
         return None if self.route is None else self.route.name
-
-    @property
-    def public_base(self) -> str | None:
-        """The route base as the client sees it; None in forward-proxy mode."""
-        if self.origin is not None:
-            return None
-        return f"{self.request.scheme}://{self.request.host}{self.prefix}"
 
     def phase(self) -> str:
         """What the client was doing when it went away (see ``ClientAborted``)."""

@@ -58,15 +58,15 @@ async def _exchange(ex: Exchange, route: RouteRuntime) -> web.StreamResponse:
             route.events.preflight_renewal(route.name)
     watch = route.client.watchdog.watch(route.client.settings.read_timeout)
     upstream = await _send(ex, route, lease, body, watch)
-    replay = await sessions.settle(lease, upstream.status, replayable=body.replayable)
-    if replay is not None:
+    renewal = sessions.settle(lease, upstream.status, replayable=body.replayable)
+    if renewal is not None:
         upstream.release()
+        lease = await renewal
         log.info("replaying_after_reauth", route=route.name, status=upstream.status)
         ex.replayed = True
-        lease = replay
         upstream = await _send(ex, route, lease, body, watch)
         sessions.settle_replay(lease, upstream.status)
-    if body.replayable:
+    if upstream.status in THROTTLED and body.replayable:
         upstream = await _wait_out_throttling(ex, route, lease, body, watch, upstream)
     return await _stream_back(ex, route, upstream, lease, watch)
 
@@ -84,8 +84,6 @@ async def _wait_out_throttling(
     A throttled answer is never a session failure: the session is kept, not renewed.
     When the budget says stop, the vendor's last answer goes to the client unchanged.
     """
-    if upstream.status not in THROTTLED:
-        return upstream
     budget = route.throttle.budget(ex.request.method, now=route.clock.now)
     while upstream.status in THROTTLED:
         wait = budget.next_wait(upstream.status, upstream.headers)
@@ -128,7 +126,9 @@ async def _send(
                 url,
                 headers=headers,
                 data=body.data(watch),
-                ssl=client.ssl,
+                # A plain-http upstream needs no TLS context; leaving it out keeps
+                # aiohttp's pooled-connection key cheap to compute.
+                ssl=client.ssl if url.scheme == "https" else True,
                 timeout=client.timeout,
                 allow_redirects=False,
                 proxy=proxy,
@@ -194,13 +194,16 @@ async def _copy_body(
     base: str,
 ) -> None:
     length = upstream.content_length
-    links = ex.public_base is not None and _has_links(upstream)
-    if length is not None and length <= (LINKS_LIMIT if links else SMALL_BODY):
+    public = ex.public_base
+    if length is not None and (
+        length <= SMALL_BODY
+        or (length <= LINKS_LIMIT and public is not None and _has_links(upstream))
+    ):
         # Read it whole: headers and body then leave in a single write.
         with watch:
             payload = await upstream.read()
-        if links and ex.public_base is not None:
-            rewritten = rewrite_links(payload, base, ex.public_base)
+        if public is not None and _mentions(payload, base) and _has_links(upstream):
+            rewritten = rewrite_links(payload, base, public)
             if rewritten is not None:
                 payload = rewritten
                 response.headers[hdrs.CONTENT_LENGTH] = str(len(payload))
@@ -225,3 +228,10 @@ async def _copy_body(
 def _has_links(upstream: aiohttp.ClientResponse) -> bool:
     """A JSON answer, not compressed, that may carry OData links to the vendor."""
     return upstream.content_type in _JSON_TYPES and hdrs.CONTENT_ENCODING not in upstream.headers
+
+
+def _mentions(payload: bytes, base: str) -> bool:
+    """Whether the body names the upstream base at all (plainly, or with JSON's ``\\/``):
+    a cheap test that spares most answers the JSON scan."""
+    host = base.split("://", 1)[-1].split("/", 1)[0].encode()
+    return host in payload
