@@ -9,6 +9,7 @@ stream the answer back.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import aiohttp
@@ -231,7 +232,11 @@ def _has_links(upstream: aiohttp.ClientResponse) -> bool:
 
 
 def _mentions(payload: bytes, base: str) -> bool:
-    """Whether the body names the upstream base at all (plainly, or with JSON's ``\\/``):
-    a cheap test that spares most answers the JSON scan."""
-    host = base.split("://", 1)[-1].split("/", 1)[0].encode()
-    return host in payload
+    """Whether the body names the upstream host at all (a link does, plainly or with
+    JSON's ``\\/``): a cheap test that spares most answers the JSON scan."""
+    return _host_bytes(base) in payload
+
+
+@functools.lru_cache(maxsize=256)
+def _host_bytes(base: str) -> bytes:
+    return base.split("://", 1)[-1].split("/", 1)[0].encode()
