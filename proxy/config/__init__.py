@@ -567,6 +567,9 @@ def _browser_origin(value: Any) -> str:
 BrowserOrigin = Annotated[str, PlainValidator(_browser_origin)]
 
 
+from proxy.config.store import SessionStore  # noqa: E402 - it uses SecretField, defined above
+
+
 class Config(_Model):
     listen: Listen = Field(default_factory=Listen)
     workers: int = Field(default=1, ge=1, le=64)
@@ -577,6 +580,7 @@ class Config(_Model):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     forward_proxy: ForwardProxy = Field(default_factory=dict, validate_default=True)
     allowed_origins: tuple[BrowserOrigin, ...] = ()
+    session_store: SessionStore = Field(default_factory=SessionStore)
     routes: tuple[Route, ...] = Field(min_length=1)
 
     def upstream_for(self, route: Route) -> UpstreamSettings:
