@@ -51,6 +51,15 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def state_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A default session store opens in a directory of the test's own, never the user's
+    ~/.local/state (processes the test starts inherit it)."""
+    path = tmp_path_factory.mktemp("xdg-state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(path))
+    return path
+
+
 class LogCapture:
     def __init__(self) -> None:
         self.buffer = io.StringIO()
@@ -94,11 +103,16 @@ ProxyFactory = Callable[..., Awaitable[ProxyServer]]
 
 @pytest.fixture
 async def make_proxy(clock: ManualClock) -> AsyncIterator[ProxyFactory]:
-    """``await make_proxy(routes=[...], **top_level)`` → a started ``ProxyServer``."""
+    """``await make_proxy(routes=[...], **top_level)`` → a started ``ProxyServer``; its
+    sessions are per process (``session_store: memory``) unless the test asks otherwise."""
     servers: list[ProxyServer] = []
 
     async def factory(*, routes: list[dict[str, Any]], **top: Any) -> ProxyServer:
-        data: dict[str, Any] = {"listen": {"host": "127.0.0.1", "port": 0}, **top}
+        data: dict[str, Any] = {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "session_store": {"type": "memory"},
+            **top,
+        }
         data["routes"] = routes
         server = ProxyServer(parse_config(data), clock=clock)
         await server.start()
