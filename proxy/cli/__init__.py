@@ -1,4 +1,4 @@
-"""Command line: ``auth-proxy [serve|check|clear|demo|sandbox|ca] ...`` (SPEC §2).
+"""Command line: ``auth-proxy [serve|check|clear|logout|demo|sandbox|ca] ...`` (SPEC §2).
 
 Exit codes: 0 ok, 2 invalid config or usage (one line per problem, each naming its key
 path, no traceback), 1 runtime failure.
@@ -15,7 +15,7 @@ from proxy.cli.run import EXIT_RUNTIME, EXIT_USAGE, load, run
 from proxy.config import ConfigError, default_config_path
 from proxy.config.load import load_config
 
-COMMANDS = ("serve", "check", "clear", "demo", "sandbox", "ca")
+COMMANDS = ("serve", "check", "clear", "logout", "demo", "sandbox", "ca")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     clear.add_argument("route")
     clear.add_argument("-c", "--config")
+
+    logout = sub.add_parser("logout", help="end routes' sessions (all if none named)")
+    logout.add_argument("routes", nargs="*", metavar="ROUTE")
+    logout.add_argument("-c", "--config")
 
     demo = sub.add_parser("demo", help="run the sandbox and the proxy in front of it")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
@@ -85,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.cli.clear import clear_command
 
             return clear_command(load(args.config), args.route)
+        if command == "logout":
+            from proxy.cli.logout import logout_command
+
+            return logout_command(load(args.config), args.routes)
         if command == "demo":
             from proxy.cli.demo import run_demo
 

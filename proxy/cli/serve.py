@@ -3,32 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import socket
+import tempfile
+import time
 from pathlib import Path
 
 import structlog
 
 from proxy.cli.run import EXIT_OK, install_uvloop, run
 from proxy.config import Config
+from proxy.config.store import SessionStore as StoreSettings
 from proxy.ops.logs import setup_logging
 from proxy.server.app import ProxyServer
 from proxy.server.listeners import Sockets
 from proxy.server.startup import check_startup
 from proxy.server.supervisor import Supervisor
-from proxy.sessions.lockout import LockoutBoard
+from proxy.sessions.stores import effective_settings
 
 
 def serve_command(config: Config, config_path: Path | None = None) -> int:
     check_startup(config)
     setup_logging(config.log.level, config.log.format)
     if config.workers > 1:
+        # Decided once, before the workers start: a store that cannot be opened stops
+        # the start, and an unusable default location is reported once.
+        settings = asyncio.run(effective_settings(config.session_store, time.time))
+        # Sessions in memory are per worker; their login verdicts are still shared.
+        run_dir = (
+            Path(tempfile.mkdtemp(prefix="auth-proxy-run-")) if settings.type == "memory" else None
+        )
 
-        def worker(sockets: Sockets, board: LockoutBoard) -> int:
+        def worker(sockets: Sockets) -> int:
             install_uvloop()
-            return asyncio.run(serve(config, config_path, sockets=sockets, lockouts=board))
+            return asyncio.run(
+                serve(config, config_path, sockets=sockets, store=settings, run_dir=run_dir)
+            )
 
-        return Supervisor(config, worker).run()
+        try:
+            return Supervisor(config, worker).run()
+        finally:
+            if run_dir is not None:
+                shutil.rmtree(run_dir, ignore_errors=True)
     return run(serve(config, config_path))
 
 
@@ -37,9 +54,10 @@ async def serve(
     config_path: Path | None = None,
     *,
     sockets: dict[tuple[str, int], socket.socket] | None = None,
-    lockouts: LockoutBoard | None = None,
+    store: StoreSettings | None = None,
+    run_dir: Path | None = None,
 ) -> int:
-    server = ProxyServer(config, config_path=config_path, lockouts=lockouts)
+    server = ProxyServer(config, config_path=config_path, store_settings=store, run_dir=run_dir)
     await server.start(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -22,6 +22,9 @@ UNROUTED = ""  # the route label of requests that matched no route
 # Proxied calls include slow exports and long polls; logins are seconds at most.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOGIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+# Session store operations: a local SQLite write or a Redis round trip is milliseconds; a
+# "flight" (waiting for a login, this process's or another's) takes as long as the login.
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 CLIENT_ABORTED = 499  # nginx's convention: its own label, so neither 4xx nor 5xx alerts see it
 
@@ -123,6 +126,34 @@ class Metrics:
             buckets=LOGIN_BUCKETS,
             registry=r,
         )
+        self.session_sources = Counter(
+            "auth_proxy_session_sources",
+            "Sessions a route took into use, by where they came from: login (this "
+            "process logged in), another_process (a worker or replica, via the session "
+            "store), restart (a process of this host that no longer runs).",
+            ["route", "source"],
+            registry=r,
+        )
+        self.store_operations = Counter(
+            "auth_proxy_store_operations",
+            "Session store operations, by operation and result (ok, unavailable).",
+            ["op", "result"],
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "auth_proxy_store_operation_seconds",
+            "Time a session store operation took, by operation.",
+            ["op"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.store_fallbacks = Counter(
+            "auth_proxy_store_fallbacks",
+            "Logins a route ran for this process alone because the session store could "
+            "not be reached.",
+            ["route"],
+            registry=r,
+        )
         self.reload_timestamp = Gauge(
             "auth_proxy_config_last_reload_timestamp_seconds",
             "When the config was last loaded or a reload was attempted (Unix time).",
@@ -144,6 +175,7 @@ class Metrics:
                 self._routes[name] = _RouteChildren(self, name)
                 self.logins.labels(name, "ok")
                 self.login_seconds.labels(name)
+                self.store_fallbacks.labels(name)
 
     def request(self, route: str | None, status: int, seconds: float, replayed: bool) -> None:
         children = self._routes.get(route or UNROUTED, self._unrouted)
@@ -160,6 +192,16 @@ class Metrics:
     def login(self, route: str, result: str, seconds: float) -> None:
         self.logins.labels(route, result).inc()
         self.login_seconds.labels(route).observe(seconds)
+
+    def store_op(self, op: str, seconds: float, ok: bool) -> None:
+        self.store_operations.labels(op, "ok" if ok else "unavailable").inc()
+        self.store_seconds.labels(op).observe(seconds)
+
+    def store_fallback(self, route: str) -> None:
+        self.store_fallbacks.labels(route).inc()
+
+    def session_source(self, route: str, source: str) -> None:
+        self.session_sources.labels(route, source).inc()
 
     def reloaded(self, ok: bool, when: float) -> None:
         self.reload_timestamp.set(when)

@@ -12,8 +12,9 @@ from proxy.config import Config, Route
 from proxy.core.clock import Clock
 from proxy.flows import CREDENTIAL_HEADERS, flow_for
 from proxy.server.routing import Router
-from proxy.sessions.lockout import Lockouts
-from proxy.sessions.manager import LoginObserver, Register, RouteSessions
+from proxy.sessions.credentials import route_scope
+from proxy.sessions.manager import Observer, Register, RouteSessions
+from proxy.sessions.stores import SessionStores
 from proxy.upstream.client import Outbound, RouteClient
 from proxy.upstream.route import RouteRuntime
 
@@ -31,9 +32,9 @@ class Runtime:
         *,
         clock: Clock,
         on_secret: Register,
-        on_login: LoginObserver,
+        observer: Observer,
+        stores: SessionStores,
         previous: Runtime | None = None,
-        lockouts: Lockouts,
     ) -> None:
         self.config = config
         self.routes: dict[str, RouteRuntime] = {}
@@ -44,7 +45,8 @@ class Runtime:
         self._drained = asyncio.Event()
         self._drained.set()
         for route in config.routes:
-            client = outbound.client_for(route.name, config.upstream_for(route))
+            settings = config.upstream_for(route)
+            client = outbound.client_for(route.name, settings)
             kept = previous.reusable(route, client) if previous else None
             sessions = kept or RouteSessions(
                 route.name,
@@ -56,9 +58,12 @@ class Runtime:
                 login_retry_after=route.auth.login_retry_after,
                 reauth_on=route.auth.reauth_on,
                 on_secret=on_secret,
-                on_login=on_login,
-                lockouts=lockouts,
+                observer=observer,
+                stores=stores,
+                scope=route_scope(route.allowed_hosts, settings.resolve),
             )
+            if previous is not None and kept is None:
+                sessions.after_reload()
             rt = RouteRuntime(
                 config=route,
                 sessions=sessions,
