@@ -120,9 +120,7 @@ async def burst(urls: list[str], count: int, timeout: float = 60) -> list[tuple[
     connector = aiohttp.TCPConnector(force_close=True, limit=0)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as http:
-        return list(
-            await asyncio.gather(*(one(http, urls[i % len(urls)]) for i in range(count)))
-        )
+        return list(await asyncio.gather(*(one(http, urls[i % len(urls)]) for i in range(count))))
 
 
 async def admin_json(url: str, method: str = "GET") -> tuple[int, Any]:
