@@ -216,6 +216,7 @@ class RouteSessions:
         self._lease: Lease | None = None
         self._task: asyncio.Task[Lease] | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # logouts of sessions let go
         self._sync_at = float("inf")
         self._refused: str | None = None  # the stored version a 401 condemned
         # What this process has seen of verdicts, by key: the store is asked first, and
@@ -790,8 +791,8 @@ class RouteSessions:
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        _BACKGROUND.add(task)  # the loop keeps only a weak reference
-        task.add_done_callback(_BACKGROUND.discard)
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ visibility
 
@@ -1006,6 +1007,3 @@ class RouteSessions:
             log.info("logout", route=self.route, status=response.status)
         except Exception as exc:
             log.warning("logout_failed", route=self.route, error=type(exc).__name__)
-
-
-_BACKGROUND: set[asyncio.Task[Any]] = set()
