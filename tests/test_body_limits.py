@@ -78,6 +78,8 @@ async def vendor_refusing_once(sandbox: Sandbox, upstream: Upstream, received: R
     sandbox.state.server_url_override = f"{upstream.url}/saas"
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/validSessionId"):  # the session probe after a login
+            return web.json_response({"error": {"code": "NOT_HERE"}}, status=404)
         size, digest = await received.read(request)
         if len(received.bodies) == 1:
             return web.json_response({"error": {"code": "AUTH_01"}}, status=401)

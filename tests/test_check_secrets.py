@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from test_cli import run_cli
+from helpers import prefix_route, run_cli
 
 
 def route(name: str, api_key: object) -> dict[str, object]:
-    auth = {"type": "ivanti-api-key", "tenant": "t.example", "api_key": api_key}
-    return {"name": name, "match": {"prefix": f"/{name}"}, "auth": auth}
+    return prefix_route(name, {"type": "ivanti-api-key", "tenant": "t.example", "api_key": api_key})
 
 
 def test_check_shows_only_the_program_of_a_secret_command(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,23 +11,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from helpers import Served, iics_route, write_config
+from helpers import ROOT, Served, ServeRoutes, iics_route, rss_kib, run_cli
 
 from proxy import __version__
 from proxy.sandbox import Sandbox, expected_sha256
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_version() -> None:
@@ -37,8 +23,20 @@ def test_version() -> None:
     assert result.stdout.strip() == f"auth-proxy {__version__}"
 
 
-def test_check_prints_routes_with_secrets_masked() -> None:
-    result = run_cli("check", "-c", "config.example.yaml", env={"IICS_PASSWORD": "hunter2"})
+EXAMPLE_SECRETS = {  # every secret source config.example.yaml reads
+    "env": ("IICS_PASSWORD", "SF_PASSWORD", "SF_SECURITY_TOKEN", "IVANTI_PASSWORD"),
+    "file": ("secrets/oauth-client-secret", "secrets/ivanti-api-key"),
+}
+
+
+def test_check_prints_routes_with_secrets_masked(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text((ROOT / "config.example.yaml").read_text())
+    (tmp_path / "secrets").mkdir()
+    for name in EXAMPLE_SECRETS["file"]:
+        (tmp_path / name).write_text("from-a-file\n")
+    env = {name: "hunter2" for name in EXAMPLE_SECRETS["env"]}
+    result = run_cli("check", "-c", str(config), "--listen", "127.0.0.1:0", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("config ok: 8 route(s)")
@@ -114,22 +112,10 @@ def test_listening_beyond_loopback_needs_client_auth(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- a real serving process
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.fixture
-async def served_iics(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
-) -> Served:
-    config = tmp_path / "config.yaml"
-    write_config(
-        config, [iics_route(sandbox)], listen={"host": "127.0.0.1", "port": unused_tcp_port}
-    )
-    return await serve_process(config, unused_tcp_port)
+async def served_iics(sandbox: Sandbox, serve_routes: ServeRoutes) -> Served:
+    """``auth-proxy serve`` with one iics-password route to the sandbox."""
+    return await serve_routes([iics_route(sandbox)])
 
 
 async def test_serve_logs_json_lines_and_exits_0_on_sigterm(
@@ -186,3 +172,13 @@ async def test_streaming_a_large_download_and_upload_keeps_memory_flat(
             assert (await resp.json())["size"] == size
     growth_mib = (peak - baseline) / 1024
     assert growth_mib < 40, f"proxy RSS grew by {growth_mib:.1f} MiB while streaming 2x300 MiB"
+
+
+def test_a_reader_that_stops_early_is_no_error() -> None:
+    # ``auth-proxy completion bash | head -1``: the pipe closes before the script is out.
+    shell = f"{sys.executable} -m proxy completion bash | head -c 10 > /dev/null"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Broken pipe" not in done.stderr

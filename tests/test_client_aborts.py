@@ -17,11 +17,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from helpers import Upstream, base, wait_for, write_config
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import DEMO, FileProxy, Upstream, base, prefix_route, scrape, wait_for, write_config
 
-from proxy.config.load import load_config
-from proxy.core.clock import ManualClock
 from proxy.server.app import ProxyServer
 
 MIB = 1024 * 1024
@@ -30,13 +27,11 @@ UPSTREAM_ERRORS = ("upstream_unreachable", "upstream_timeout", "upstream_failed_
 
 async def requests_metric(http: aiohttp.ClientSession, server: ProxyServer) -> dict[str, float]:
     """``auth_proxy_requests_total`` of route ``up``, by status label."""
-    async with http.get(base(server, "/-/metrics")) as resp:
-        text = await resp.text()
+    samples = await scrape(http, base(server, "/-/metrics"))
     return {
-        s.labels["status"]: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "auth_proxy_requests_total" and s.labels["route"] == "up"
+        labels["status"]: value
+        for (name, frozen), value in samples.items()
+        if name == "auth_proxy_requests_total" and (labels := dict(frozen))["route"] == "up"
     }
 
 
@@ -181,17 +176,8 @@ async def test_client_gone_while_a_login_runs_leaves_the_login_to_the_others(
         return web.json_response({"path": request.path})
 
     upstream.handler = handler
-    route = {
-        "name": "up",
-        "match": {"prefix": "/up"},
-        "auth": {
-            "type": "iics-password",
-            "login_url": upstream.url,
-            "username": "demo",
-            "password": "demo-password",
-        },
-    }
-    server = await make_proxy(routes=[route])
+    auth = {"type": "iics-password", "login_url": upstream.url, **DEMO}
+    server = await make_proxy(routes=[prefix_route("up", auth)])
     try:
         client = await connect(server, "GET /up/saas/api/v2/agent HTTP/1.1\nHost: 127.0.0.1\n")
         await wait_for(lambda: logins == 1, what="the login to start")
@@ -240,12 +226,11 @@ async def test_an_upstream_that_breaks_mid_body_is_still_an_upstream_failure(
 
 
 async def test_a_client_hanging_up_on_a_reload_does_not_stop_it(
-    upstream: Upstream, clock: ManualClock, tmp_path: Path, logs
+    upstream: Upstream, file_proxy: FileProxy, tmp_path: Path, logs
 ) -> None:
     path = tmp_path / "config.yaml"
     write_config(path, [upstream.route()], client_auth={"tokens": ["old-token"]})
-    server = ProxyServer(load_config(path), clock=clock, config_path=path)
-    await server.start()
+    server = await file_proxy(path)
     # The new token comes from a command that blocks until the test feeds it.
     fifo = tmp_path / "token"
     os.mkfifo(fifo)
@@ -270,7 +255,6 @@ async def test_a_client_hanging_up_on_a_reload_does_not_stop_it(
                 assert resp.status == 200
     finally:
         unblock(fifo)
-        await server.stop(drain_timeout=1)
 
 
 def unblock(fifo: Path) -> None:

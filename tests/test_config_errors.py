@@ -4,20 +4,16 @@ all the way down (no dicts), ``resolve`` parsed once."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import run_cli
 from pydantic import BaseModel
 
 from proxy.config import ConfigError, Header, HostPort, ResolveRule, parse_config
 from proxy.upstream.client import MappedResolver
-
-ROOT = Path(__file__).resolve().parent.parent
 
 AUTH = {"type": "ivanti-api-key", "tenant": "t.example.com", "api_key": "k"}
 IICS = {"type": "iics-password", "pod": "dm-us", "username": "u", "password": "p"}
@@ -79,14 +75,7 @@ def test_the_cli_prints_each_error_on_its_own_line_and_exits_2(tmp_path: Path) -
     config = tmp_path / "broken.yaml"
     config.write_text(BROKEN)
     for command in ("check", "serve"):
-        result = subprocess.run(
-            [sys.executable, "-m", "proxy", command, "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            env=dict(os.environ),
-        )
+        result = run_cli(command, "-c", str(config))
         assert result.returncode == 2
         assert result.stdout == ""
         assert "Traceback" not in result.stderr

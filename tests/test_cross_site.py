@@ -10,33 +10,21 @@ send.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import Upstream, base, write_config
+from helpers import FileProxy, Upstream, base, fetch, write_config
 
 from proxy.config import ConfigError, parse_config
-from proxy.config.load import load_config
-from proxy.core.clock import ManualClock
 from proxy.server.app import ProxyServer
 
 EVIL = "https://evil.example"
 PORTAL = "https://portal.example.com"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 NOT_A_FORM = {"X-Auth-Proxy": "1"}
-
-
-async def answer(
-    http: aiohttp.ClientSession, method: str, url: str, **kw: Any
-) -> tuple[int, Any, aiohttp.ClientResponse]:
-    async with http.request(method, url, **kw) as resp:
-        body = await resp.read()
-        data = await resp.json() if resp.content_type == "application/json" else body
-        return resp.status, data, resp
 
 
 def assert_forbidden(status: int, data: Any, *words: str) -> None:
@@ -54,7 +42,7 @@ async def test_the_cross_site_text_plain_post_never_reaches_upstream(
 ) -> None:
     """The attack: a page on evil.example POSTs a "simple" request (no preflight)."""
     server = await make_proxy(routes=[upstream.route()])
-    status, data, resp = await answer(
+    status, data, resp_headers = await fetch(
         http,
         "POST",
         base(server, "/up/api/records"),
@@ -62,7 +50,7 @@ async def test_the_cross_site_text_plain_post_never_reaches_upstream(
         headers={"Origin": EVIL, "Content-Type": "text/plain"},
     )
     assert_forbidden(status, data, EVIL, "allowed_origins")
-    assert resp.headers["X-Auth-Proxy-Error"] == "forbidden"
+    assert resp_headers["X-Auth-Proxy-Error"] == "forbidden"
     assert upstream.seen == []
 
 
@@ -73,7 +61,7 @@ async def test_sec_fetch_site_cross_or_same_site_without_origin_is_refused(
     """A cross-site GET (an <img>, a link) carries Sec-Fetch-Site but no Origin."""
     server = await make_proxy(routes=[upstream.route()])
     headers = {"Sec-Fetch-Site": site}
-    status, data, _ = await answer(http, "GET", base(server, "/up/export"), headers=headers)
+    status, data, _ = await fetch(http, "GET", base(server, "/up/export"), headers=headers)
     assert_forbidden(status, data, site, "allowed_origins")
     assert upstream.seen == []
 
@@ -85,7 +73,7 @@ async def test_sec_fetch_site_same_origin_or_none_is_served(
     """``none`` is a URL typed in the address bar; ``same-origin`` a page of the proxy's."""
     server = await make_proxy(routes=[upstream.route()])
     headers = {"Sec-Fetch-Site": site}
-    status, _, _ = await answer(http, "GET", base(server, "/up/export"), headers=headers)
+    status, _, _ = await fetch(http, "GET", base(server, "/up/export"), headers=headers)
     assert status == 200
     assert len(upstream.seen) == 1
 
@@ -95,7 +83,7 @@ async def test_origin_null_is_refused_and_cannot_be_allowed(
 ) -> None:
     """Sandboxed iframes and file:// pages send ``Origin: null``: anyone can be one."""
     server = await make_proxy(routes=[upstream.route()], allowed_origins=[PORTAL])
-    status, data, _ = await answer(
+    status, data, _ = await fetch(
         http, "POST", base(server, "/up/x"), data=b"x", headers={"Origin": "null"}
     )
     assert_forbidden(status, data, "null")
@@ -109,12 +97,12 @@ async def test_a_client_that_is_not_a_browser_is_unaffected(
 ) -> None:
     """curl and scripts send neither Origin nor Sec-Fetch-Site."""
     server = await make_proxy(routes=[upstream.route()], allowed_origins=[PORTAL])
-    status, data, resp = await answer(
+    status, data, resp_headers = await fetch(
         http, "POST", base(server, "/up/x"), data=b"x", headers={"Content-Type": "text/plain"}
     )
     assert status == 200
     assert data["body"] == "x"
-    assert "Access-Control-Allow-Origin" not in resp.headers
+    assert "Access-Control-Allow-Origin" not in resp_headers
 
 
 async def test_probes_refuse_cross_site_requests_too(
@@ -123,9 +111,9 @@ async def test_probes_refuse_cross_site_requests_too(
     """A page must not even learn that the proxy runs here."""
     server = await make_proxy(routes=[upstream.route()])
     for path in ("/-/healthz", "/-/readyz", "/-/sessions"):
-        status, data, _ = await answer(http, "GET", base(server, path), headers={"Origin": EVIL})
+        status, data, _ = await fetch(http, "GET", base(server, path), headers={"Origin": EVIL})
         assert_forbidden(status, data, EVIL)
-        status, _, _ = await answer(http, "GET", base(server, path))
+        status, _, _ = await fetch(http, "GET", base(server, path))
         assert status == 200
 
 
@@ -152,19 +140,19 @@ async def test_an_allowed_origin_is_served_with_cors_headers(
     server = await make_proxy(routes=[upstream.route()], allowed_origins=allowed)
     for origin in (PORTAL, "http://localhost:3000"):
         headers = {"Origin": origin, "Sec-Fetch-Site": "cross-site"}
-        status, data, resp = await answer(
+        status, data, resp_headers = await fetch(
             http, "POST", base(server, "/up/x"), json={"a": 1}, headers=headers
         )
         assert status == 200
         assert data == {"ok": True}
-        assert resp.headers.getall("Access-Control-Allow-Origin") == [origin]
-        assert "Access-Control-Allow-Credentials" not in resp.headers
+        assert resp_headers.getall("Access-Control-Allow-Origin") == [origin]
+        assert "Access-Control-Allow-Credentials" not in resp_headers
         assert {"Origin", "Accept-Encoding"} <= set(
-            ", ".join(resp.headers.getall("Vary")).split(", ")
+            ", ".join(resp_headers.getall("Vary")).split(", ")
         )
     # An origin differing only by port or scheme is another origin.
     for origin in ("https://portal.example.com:8443", "http://portal.example.com"):
-        status, data, _ = await answer(
+        status, data, _ = await fetch(
             http, "GET", base(server, "/up/x"), headers={"Origin": origin}
         )
         assert_forbidden(status, data, origin)
@@ -175,11 +163,11 @@ async def test_errors_to_an_allowed_origin_are_readable_by_it(
     upstream: Upstream, make_proxy, http: aiohttp.ClientSession
 ) -> None:
     server = await make_proxy(routes=[upstream.route()], allowed_origins=[PORTAL])
-    status, data, resp = await answer(
+    status, data, resp_headers = await fetch(
         http, "GET", base(server, "/nowhere"), headers={"Origin": PORTAL}
     )
     assert (status, data["error"]["code"]) == (404, "no_route")
-    assert resp.headers["Access-Control-Allow-Origin"] == PORTAL
+    assert resp_headers["Access-Control-Allow-Origin"] == PORTAL
 
 
 async def test_a_preflight_from_an_allowed_origin_is_answered_by_the_proxy(
@@ -195,24 +183,24 @@ async def test_a_preflight_from_an_allowed_origin_is_answered_by_the_proxy(
         "Access-Control-Request-Method": "DELETE",
         "Access-Control-Request-Headers": "content-type, x-trace",
     }
-    status, _, resp = await answer(http, "OPTIONS", base(server, "/up/x"), headers=preflight)
+    status, _, resp_headers = await fetch(http, "OPTIONS", base(server, "/up/x"), headers=preflight)
     assert status == 204
-    assert resp.headers["Access-Control-Allow-Origin"] == PORTAL
-    assert "DELETE" in resp.headers["Access-Control-Allow-Methods"]
-    assert resp.headers["Access-Control-Allow-Headers"] == "content-type, x-trace"
-    assert "Origin" in resp.headers["Vary"]
-    assert int(resp.headers["Access-Control-Max-Age"]) > 0
-    assert "Access-Control-Allow-Credentials" not in resp.headers
+    assert resp_headers["Access-Control-Allow-Origin"] == PORTAL
+    assert "DELETE" in resp_headers["Access-Control-Allow-Methods"]
+    assert resp_headers["Access-Control-Allow-Headers"] == "content-type, x-trace"
+    assert "Origin" in resp_headers["Vary"]
+    assert int(resp_headers["Access-Control-Max-Age"]) > 0
+    assert "Access-Control-Allow-Credentials" not in resp_headers
     assert upstream.seen == []
     # A preflight from any other origin gets no CORS approval.
-    status, data, resp = await answer(
+    status, data, resp_headers = await fetch(
         http, "OPTIONS", base(server, "/up/x"), headers={**preflight, "Origin": EVIL}
     )
     assert_forbidden(status, data, EVIL)
-    assert "Access-Control-Allow-Origin" not in resp.headers
+    assert "Access-Control-Allow-Origin" not in resp_headers
     # A plain OPTIONS (no Access-Control-Request-Method) is an ordinary request.
     token = {"Proxy-Authorization": "Bearer tok"}
-    status, data, _ = await answer(
+    status, data, _ = await fetch(
         http, "OPTIONS", base(server, "/up/x"), headers={"Origin": PORTAL, **token}
     )
     assert (status, data["method"]) == (200, "OPTIONS")
@@ -232,16 +220,14 @@ def test_allowed_origins_must_be_origins(origin: str, upstream: Upstream) -> Non
 
 @pytest.fixture
 async def reloadable(
-    upstream: Upstream, clock: ManualClock, tmp_path: Path
-) -> AsyncIterator[tuple[ProxyServer, Path]]:
+    upstream: Upstream, file_proxy: FileProxy, tmp_path: Path
+) -> tuple[ProxyServer, Path]:
     """A proxy started from a config file, whose next version adds a route ``later``."""
     path = tmp_path / "config.yaml"
     write_config(path, [upstream.route()])
-    server = ProxyServer(load_config(path), clock=clock, config_path=path)
-    await server.start()
+    server = await file_proxy(path)
     write_config(path, [upstream.route(), upstream.route(name="later", prefix="/later")])
-    yield server, path
-    await server.stop(drain_timeout=1)
+    return server, path
 
 
 async def test_reload_from_a_cross_site_page_is_refused(
@@ -249,7 +235,7 @@ async def test_reload_from_a_cross_site_page_is_refused(
 ) -> None:
     server, _ = reloadable
     url = base(server, "/-/reload")
-    status, data, _ = await answer(http, "POST", url, headers={"Origin": EVIL, **NOT_A_FORM})
+    status, data, _ = await fetch(http, "POST", url, headers={"Origin": EVIL, **NOT_A_FORM})
     assert_forbidden(status, data, EVIL)
     assert "later" not in server.runtime.routes
 
@@ -260,13 +246,13 @@ async def test_reload_needs_a_request_no_html_form_can_send(
     server, _ = reloadable
     url = base(server, "/-/reload")
     for headers in ({}, FORM, {"Content-Type": "text/plain"}):
-        status, data, _ = await answer(http, "POST", url, data=b"", headers=headers)
+        status, data, _ = await fetch(http, "POST", url, data=b"", headers=headers)
         assert_forbidden(status, data, "X-Auth-Proxy: 1", "application/json")
     assert "later" not in server.runtime.routes
 
-    status, data, _ = await answer(http, "POST", url, headers=NOT_A_FORM)
+    status, data, _ = await fetch(http, "POST", url, headers=NOT_A_FORM)
     assert (status, data["added"]) == (200, ["later"])
-    status, data, _ = await answer(http, "POST", url, json={})
+    status, data, _ = await fetch(http, "POST", url, json={})
     assert (status, data["status"]) == (200, "reloaded")
 
 
@@ -275,10 +261,10 @@ async def test_a_reload_applies_new_allowed_origins(
 ) -> None:
     server, path = reloadable
     url = base(server, "/up/x")
-    status, _, _ = await answer(http, "GET", url, headers={"Origin": PORTAL})
+    status, _, _ = await fetch(http, "GET", url, headers={"Origin": PORTAL})
     assert status == 403
     write_config(path, [upstream.route()], allowed_origins=[PORTAL])
-    status, _, _ = await answer(http, "POST", base(server, "/-/reload"), headers=NOT_A_FORM)
+    status, _, _ = await fetch(http, "POST", base(server, "/-/reload"), headers=NOT_A_FORM)
     assert status == 200
-    status, _, resp = await answer(http, "GET", url, headers={"Origin": PORTAL})
-    assert (status, resp.headers["Access-Control-Allow-Origin"]) == (200, PORTAL)
+    status, _, resp_headers = await fetch(http, "GET", url, headers={"Origin": PORTAL})
+    assert (status, resp_headers["Access-Control-Allow-Origin"]) == (200, PORTAL)

@@ -1,14 +1,24 @@
-"""`auth-proxy demo`: every curl line it prints returns sandbox data through the proxy."""
+"""`auth-proxy demo`: every curl line it prints returns sandbox data through the proxy,
+in reverse-proxy mode and in forward-proxy mode."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
+import pytest
 from yarl import URL
 
-from proxy.cli.demo import curl_lines, demo_config
+from proxy.cli.demo import curl_lines, demo_config, forward_demo
 from proxy.config import parse_config
+from proxy.core.clock import ManualClock
+from proxy.flows.base import PLACEHOLDER_SESSION
 from proxy.sandbox import Sandbox
 from proxy.server.app import ProxyServer
 
@@ -33,3 +43,21 @@ async def test_every_printed_curl_line_works(
         assert set(states.values()) == {"active"}, states
     finally:
         await server.stop(drain_timeout=1)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+async def test_every_line_printed_by_the_forward_proxy_demo_works(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with forward_demo(0, tmp_path, clock=clock) as (_, lines):
+        env = {
+            **os.environ,
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+        }
+        for line in lines:
+            process = await asyncio.create_subprocess_shell(
+                line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            )
+            out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+            assert process.returncode == 0, (line, err.decode())
+            assert b"agent" in out or b"DTEMPLATE" in out or PLACEHOLDER_SESSION.encode() in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import sys
 import tomllib
@@ -17,14 +18,13 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import ivanti_key_route
+from helpers import ROOT, ivanti_key_route
 
 from proxy.cli import COMMANDS
 from proxy.config import Config, ConfigError, parse_config
 from proxy.core.hosts import is_loopback
 from proxy.sandbox import Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = "/etc/auth-proxy/config.yaml"
 
 
@@ -116,37 +116,60 @@ def test_image_is_slim_non_root_and_runs_the_console_script() -> None:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
 
 
+def healthcheck() -> tuple[dict[str, str], list[str]]:
+    """The HEALTHCHECK's options (``--interval=30s`` → ``{"interval": "30s"}``) and command."""
+    check = one(final_stage(), "HEALTHCHECK")
+    options, _, command = check.partition("CMD")
+    flags = dict(opt.removeprefix("--").split("=", 1) for opt in options.split())
+    return flags, json.loads(command)
+
+
+def seconds(duration: str) -> float:
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
+
+
 def test_exposed_port_and_healthcheck_match_the_container_config() -> None:
     stage = final_stage()
     config = container_config(proxy_service_env())
     assert one(stage, "EXPOSE") == str(config.listen.port)
-    check = one(stage, "HEALTHCHECK")
-    assert "curl" not in check and "wget" not in check
-    command = json.loads(check[check.index("CMD") + 3 :])
-    assert command[0] == "python"
-    assert f"http://127.0.0.1:{config.listen.port}/-/healthz" in command[-1]
+    flags, command = healthcheck()
+    # The console script reads the config as `serve` does, so it follows listen.port.
+    assert command[0] in console_scripts() and command[1:] == ["health"]
+    assert "health" in COMMANDS
+    # Healthy within seconds of start (a sidecar's tool waits for service_healthy).
+    assert seconds(flags["start-interval"]) <= 2
+    assert seconds(flags["start-period"]) >= 10
+    assert seconds(flags["timeout"]) > 3  # `health` gives up after 3 s itself
 
 
-async def test_the_healthcheck_command_probes_a_live_proxy(
-    sandbox: Sandbox, make_proxy, unused_tcp_port: int
+async def test_the_healthcheck_command_probes_a_live_proxy_on_the_configured_port(
+    sandbox: Sandbox, make_proxy, unused_tcp_port: int, tmp_path: Path
 ) -> None:
-    check = one(final_stage(), "HEALTHCHECK")
-    command = json.loads(check[check.index("CMD") + 3 :])
+    _flags, command = healthcheck()
     server = await make_proxy(routes=[ivanti_key_route(sandbox)])
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"listen": {"port": server.port}, "routes": [ivanti_key_route(sandbox)]})
+    )
 
-    async def probe(port: int) -> int:
-        script = command[-1].replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    async def probe(env: dict[str, str]) -> int:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            *command[1:-1],
-            script,
+            "-m",
+            "proxy",
+            *command[1:],
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "AUTH_PROXY_CONFIG": str(config), **env},
         )
         return await proc.wait()
 
-    assert await probe(server.port) == 0
-    assert await probe(unused_tcp_port) != 0  # nothing listening: unhealthy
+    assert await probe({}) == 0
+    # A proxy started with --listen elsewhere (AUTH_PROXY_LISTEN): the probe follows it.
+    assert await probe({"AUTH_PROXY_LISTEN": f"127.0.0.1:{unused_tcp_port}"}) != 0
+    # ... and a container proxy bypasses its outbound HTTP_PROXY for this probe.
+    assert await probe({"HTTP_PROXY": f"http://127.0.0.1:{unused_tcp_port}"}) == 0
 
 
 def test_compose_runs_a_tool_in_the_proxy_network_namespace() -> None:

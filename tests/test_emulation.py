@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 import requests
-from helpers import base, iics_route
+from helpers import ORG_UUID, base, iics_route, ivanti_session_route
 
 from proxy.flows.base import PLACEHOLDER_SESSION
 from proxy.sandbox import Sandbox
@@ -85,7 +85,7 @@ async def test_a_legacy_v2_client_works_through_the_route_base(
     user = result["user"]
     assert user["serverUrl"] == route_base + "/saas"
     assert user["icSessionId"] == PLACEHOLDER_SESSION
-    assert user["orgUuid"] == "5Xq2jG0mLwKzYbPdRt7sUe"
+    assert user["orgUuid"] == ORG_UUID
     assert result["agents"][0] == 200 and len(result["agents"][1]) == 2
     assert result["objects"][0] == 200 and result["objects"][1]["count"] >= 1
     assert result["logout"] == 200
@@ -111,7 +111,7 @@ async def test_a_legacy_v3_client_works_and_never_sees_the_real_session(
     body = result["body"]
     assert body["products"][0]["baseApiUrl"] == route_base + "/saas"
     assert body["userInfo"]["sessionId"] == PLACEHOLDER_SESSION
-    assert body["userInfo"]["orgId"] == "5Xq2jG0mLwKzYbPdRt7sUe"
+    assert body["userInfo"]["orgId"] == ORG_UUID
     assert (result["objects"], result["agents"], result["logout"]) == (200, 200, 200)
     (real_id,) = sandbox.state.iics_sessions
     assert real_id not in str(body)
@@ -156,19 +156,7 @@ async def test_emulated_login_reports_a_rejected_real_login(
 async def test_ivanti_login_is_answered_with_a_placeholder_key(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession
 ) -> None:
-    route = {
-        "name": "ivanti",
-        "match": {"prefix": "/ivanti"},
-        "auth": {
-            "type": "ivanti-session",
-            "url": sandbox.urls.ivanti,
-            "tenant": sandbox.state.ivanti_tenant,
-            "username": "demo",
-            "password": "demo-password",
-            "role": "Admin",
-        },
-    }
-    server = await make_proxy(routes=[route])
+    server = await make_proxy(routes=[ivanti_session_route(sandbox)])
     async with http.post(
         base(server, "/ivanti/api/rest/authentication/login"),
         json={"tenant": "x", "username": "y", "password": "z", "role": "Admin"},

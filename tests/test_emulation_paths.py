@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from helpers import Upstream, base, iics_route
+from helpers import Upstream, base, iics_route, ivanti_session_route
 from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
@@ -170,19 +170,7 @@ async def test_a_login_by_another_method_is_forwarded(
 async def test_a_disguised_ivanti_login_is_answered_by_the_proxy(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession
 ) -> None:
-    route = {
-        "name": "ivanti",
-        "match": {"prefix": "/ivanti"},
-        "auth": {
-            "type": "ivanti-session",
-            "url": sandbox.urls.ivanti,
-            "tenant": sandbox.state.ivanti_tenant,
-            "username": "demo",
-            "password": "demo-password",
-            "role": "Admin",
-        },
-    }
-    server = await make_proxy(routes=[route])
+    server = await make_proxy(routes=[ivanti_session_route(sandbox)])
     path = "/ivanti/api/rest//Authentication/%4Cogin/"
     async with http.post(target(server, path), json={"username": "y"}) as resp:
         assert resp.status == 200

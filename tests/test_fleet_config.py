@@ -138,7 +138,17 @@ async def test_an_unusable_default_directory_is_said_once_and_runs_as_memory(
     assert str(blocker) in warnings[0]["reason"]
 
 
-def test_an_explicit_path_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:
+def serve_or_check(command: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", command, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_an_explicit_path_that_cannot_be_used_fails_check_and_serve(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     for workers in (1, 2):
@@ -149,15 +159,41 @@ def test_an_explicit_path_that_cannot_be_opened_stops_the_start(tmp_path: Path) 
             workers=workers,
             session_store={"type": "local", "path": str(blocker / "state")},
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
-        assert result.returncode == 2, result.stderr
-        assert f"session_store.path {blocker / 'state'} cannot be used" in result.stderr
+        # check runs serve's start-up checks: it must not say "ok" to what serve refuses.
+        for command in ("check", "serve"):
+            result = serve_or_check(command, config)
+            assert result.returncode == 2, (command, result.stderr)
+            line = f"config error: session_store.path: {blocker / 'state'} cannot be used"
+            assert line in result.stderr, (command, result.stderr)
+            assert "Traceback" not in result.stderr
+
+
+async def test_the_default_store_is_in_the_state_directory_when_there_is_one(
+    sandbox: Sandbox, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    # As in the container: AUTH_PROXY_STATE_DIR names its volume, and the sessions must
+    # live there, not in a home directory the read-only image cannot write.
+    state = tmp_path / "state"
+    config = tmp_path / "config.yaml"
+    write_config(
+        config,
+        [iics_route(sandbox)],
+        listen={"host": "127.0.0.1", "port": unused_tcp_port},
+        session_store={"type": "local"},
+    )
+    served = await spawn_served(
+        config, unused_tcp_port, tmp_path, env={"AUTH_PROXY_STATE_DIR": str(state)}
+    )
+    try:
+        async with aiohttp.ClientSession() as http, http.get(served.url(AGENT)) as resp:
+            assert resp.status == 200
+        served.proc.send_signal(signal.SIGTERM)
+        await served.finish()
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+    assert stat.S_IMODE((state / "sessions" / "store.key").stat().st_mode) == 0o600
+    assert not (Path(os.environ["XDG_STATE_HOME"]) / "auth-proxy").exists()
 
 
 async def test_an_unreadable_store_key_stops_the_start(tmp_path: Path) -> None:
@@ -179,4 +215,4 @@ async def test_an_unreadable_store_key_stops_the_start(tmp_path: Path) -> None:
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
-    assert "session_store.key: secret environment variable NO_SUCH is not set" in err.decode()
+    assert "session_store.key: environment variable NO_SUCH is not set" in err.decode()

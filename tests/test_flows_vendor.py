@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from test_flows_unit import LOGIN, POD, Driver, answer, v2_user, v3_flow
+from helpers import LOGIN, POD, FlowCalls, answer, run_flow, v2_user
 
 from proxy.config import IicsPasswordAuth
 from proxy.core.errors import LoginFailed, UpstreamUnreachable
@@ -67,12 +67,6 @@ def test_vendor_names_are_shown_printable_and_short() -> None:
         select_product([{"name": "Größe", "baseApiUrl": POD}], "CDGC")
 
 
-def test_the_v3_flow_still_takes_the_first_product() -> None:
-    body = {"products": PRODUCTS[::-1], "userInfo": {"sessionId": "S", "name": "u"}}
-    session = Driver(answer(body=body)).run(v3_flow().login())
-    assert session.upstream == "https://di.dm-us.informaticacloud.com"
-
-
 # --------------------------------------------------------------------------- validSessionId
 
 SERVER_URL = POD + "/saas"
@@ -83,10 +77,11 @@ def probe_answer(minutes: Any = 29, valid: Any = True, status: int = 200) -> Log
     return answer(status, body)
 
 
-def test_the_probe_asks_valid_session_id_and_returns_seconds() -> None:
-    driver = Driver(probe_answer(29))
-    assert driver.run(valid_session_probe(SERVER_URL, "demo", "SID22charsSID22charsXX")) == 1740
-    (request,) = driver.requests
+async def test_the_probe_asks_valid_session_id_and_returns_seconds() -> None:
+    calls = FlowCalls()
+    probe = valid_session_probe(SERVER_URL, "demo", "SID22charsSID22charsXX")
+    assert await run_flow(probe, probe_answer(29), calls=calls) == 1740
+    (request,) = calls.requests
     assert (request.method, request.url) == ("POST", SERVER_URL + "/api/v2/user/validSessionId")
     assert request.purpose == "probe"
     assert request.headers == {"Content-Type": "application/json", "Accept": "application/json"}
@@ -98,10 +93,11 @@ def test_the_probe_asks_valid_session_id_and_returns_seconds() -> None:
     assert "SID22chars" not in repr(request)
 
 
-def test_a_trailing_slash_on_the_server_url_is_not_doubled() -> None:
-    driver = Driver(probe_answer(5))
-    assert driver.run(valid_session_probe(SERVER_URL + "/", "demo", "S")) == 300
-    assert driver.requests[0].url == SERVER_URL + "/api/v2/user/validSessionId"
+async def test_a_trailing_slash_on_the_server_url_is_not_doubled() -> None:
+    calls = FlowCalls()
+    probe = valid_session_probe(SERVER_URL + "/", "demo", "S")
+    assert await run_flow(probe, probe_answer(5), calls=calls) == 300
+    assert calls.requests[0].url == SERVER_URL + "/api/v2/user/validSessionId"
 
 
 @pytest.mark.parametrize(
@@ -123,8 +119,8 @@ def test_a_trailing_slash_on_the_server_url_is_not_doubled() -> None:
         answer(raw=b"<html>maintenance</html>"),
     ],
 )
-def test_any_unusable_answer_gives_none(reply: LoginResponse) -> None:
-    assert Driver(reply).run(valid_session_probe(SERVER_URL, "demo", "S")) is None
+async def test_any_unusable_answer_gives_none(reply: LoginResponse) -> None:
+    assert await run_flow(valid_session_probe(SERVER_URL, "demo", "S"), reply) is None
 
 
 def test_a_transport_failure_thrown_in_gives_none() -> None:
@@ -135,8 +131,8 @@ def test_a_transport_failure_thrown_in_gives_none() -> None:
     assert stop.value.value is None
 
 
-def test_fractional_minutes_are_kept() -> None:
-    assert Driver(probe_answer(2.5)).run(valid_session_probe(SERVER_URL, "u", "S")) == 150
+async def test_fractional_minutes_are_kept() -> None:
+    assert await run_flow(valid_session_probe(SERVER_URL, "u", "S"), probe_answer(2.5)) == 150
 
 
 def password_flow() -> IicsPasswordFlow:
@@ -146,27 +142,27 @@ def password_flow() -> IicsPasswordFlow:
     return IicsPasswordFlow(auth)
 
 
-def test_a_flow_probes_its_session_for_the_org_timeout() -> None:
+async def test_a_flow_probes_its_session_for_the_org_timeout() -> None:
     flow = password_flow()
-    session = Driver(answer(body={**v2_user(), "name": "demo"})).run(flow.login())
-    driver = Driver(probe_answer(5))
-    assert driver.run(flow.org_idle_timeout(session)) == 300
-    body = json.loads(driver.requests[0].body or b"")
+    session = await run_flow(flow.login(), answer(body={**v2_user(), "name": "demo"}))
+    calls = FlowCalls()
+    assert await run_flow(flow.org_idle_timeout(session), probe_answer(5), calls=calls) == 300
+    body = json.loads(calls.requests[0].body or b"")
     assert (body["userName"], body["icToken"]) == ("demo", "SID22charsSID22charsXX")
-    assert driver.requests[0].url == POD + "/saas/api/v2/user/validSessionId"
+    assert calls.requests[0].url == POD + "/saas/api/v2/user/validSessionId"
 
 
-def test_a_jwt_session_is_not_probed() -> None:
+async def test_a_jwt_session_is_not_probed() -> None:
     """Its end is the JWT's exp; there is no idle clock to learn."""
     flow = password_flow()
     token = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjIwMDAwMDAwMDB9.c2ln"
-    session = Driver(answer(body=v2_user(session_id=token))).run(flow.login())
+    session = await run_flow(flow.login(), answer(body=v2_user(session_id=token)))
     assert session.hard_expiry == 2_000_000_000
-    assert Driver().run(flow.org_idle_timeout(session)) is None
+    assert await run_flow(flow.org_idle_timeout(session)) is None
 
 
-def test_a_session_without_a_user_name_is_not_probed() -> None:
+async def test_a_session_without_a_user_name_is_not_probed() -> None:
     flow = password_flow()
     user = {k: v for k, v in v2_user().items() if k != "name"}
-    session = Driver(answer(body=user)).run(flow.login())
-    assert Driver().run(flow.org_idle_timeout(session)) is None
+    session = await run_flow(flow.login(), answer(body=user))
+    assert await run_flow(flow.org_idle_timeout(session)) is None

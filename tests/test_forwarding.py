@@ -7,11 +7,10 @@ import hashlib
 
 import aiohttp
 import pytest
-import trustme
 from aiohttp import web
 from helpers import Upstream, base, iics_route
 
-from proxy.sandbox import Sandbox, expected_sha256, run_sandbox
+from proxy.sandbox import Sandbox, expected_sha256
 
 
 async def test_prefix_is_swapped_for_the_pod_and_query_kept_byte_for_byte(
@@ -278,32 +277,6 @@ async def test_resolve_map_connects_elsewhere_but_keeps_the_name(
     async with http.get(base(server, "/m/hello")) as resp:
         assert resp.status == 200
     assert upstream.seen[-1].headers["Host"] == name
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-async def test_tls_upstream_verified_with_ca_bundle_added(
-    ca: trustme.CA, clock, make_proxy, http: aiohttp.ClientSession, tmp_path
-) -> None:
-    server_ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
-    from proxy.sandbox import SandboxState
-
-    async with run_sandbox(SandboxState(clock=clock), ssl_context=server_ctx) as sb:
-        trusted = await make_proxy(routes=[iics_route(sb, upstream={"ca_bundle": str(bundle)})])
-        async with http.get(base(trusted, "/iics/saas/api/v2/agent")) as resp:
-            assert resp.status == 200
-        untrusted = await make_proxy(routes=[iics_route(sb)])
-        async with http.get(base(untrusted, "/iics/saas/api/v2/agent")) as resp:
-            assert resp.status == 502
-            error = (await resp.json())["error"]
-            assert error["code"] == "login_failed"
-            assert "TLS verification" in error["message"]
 
 
 def truncating_handler(declared: int, sent: int):

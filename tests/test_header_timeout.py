@@ -8,13 +8,13 @@ a time (slowloris) would otherwise keep one for as long as it likes. The bound i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers import Upstream, base
+from helpers import RunProxy, Upstream, base
 
 from proxy.config import parse_config
 from proxy.core.clock import ManualClock
@@ -68,20 +68,16 @@ Start = Callable[..., Awaitable[ProxyServer]]
 
 
 @pytest.fixture
-async def start(clock: ManualClock) -> AsyncIterator[Start]:
-    servers: list[ProxyServer] = []
+def start(clock: ManualClock, run_proxy: RunProxy) -> Start:
+    """``await start(**top_level)`` → a started proxy holding request heads to 1 s."""
 
     async def factory(**top: Any) -> ProxyServer:
         data = {"listen": {"host": "127.0.0.1", "port": 0}, **top}
         server = ProxyServer(parse_config(data), clock=clock)
-        server.header_timeout = HEADER_TIMEOUT
-        await server.start()
-        servers.append(server)
-        return server
+        server.header_timeout = HEADER_TIMEOUT  # read when it starts
+        return await run_proxy(server)
 
-    yield factory
-    for server in servers:
-        await server.stop(drain_timeout=1)
+    return factory
 
 
 async def test_slow_request_heads_are_cut_off_while_others_are_served(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from helpers import ORG_UUID, prefix_route
 
 from proxy.sandbox import Sandbox, mint_saml_token
 from proxy.sandbox.state import SalesforceUser
@@ -37,7 +38,7 @@ def set_marker_credentials(sandbox: Sandbox) -> None:
 def all_routes(sandbox: Sandbox, saml_file: Path) -> list[dict[str, Any]]:
     urls = sandbox.urls
     iics = {"login_url": urls.login, "username": "demo", "password": MARK["iics"]}
-    org = "5Xq2jG0mLwKzYbPdRt7sUe"
+    org = ORG_UUID
     auths: dict[str, dict[str, Any]] = {
         "v2": {"type": "iics-password", **iics},
         "v3": {"type": "iics-password-v3", **iics},
@@ -78,7 +79,7 @@ def all_routes(sandbox: Sandbox, saml_file: Path) -> list[dict[str, Any]]:
         },
         "ivk": {"type": "ivanti-api-key", "url": urls.ivanti, "api_key": MARK["api_key"]},
     }
-    return [{"name": n, "match": {"prefix": f"/{n}"}, "auth": a} for n, a in auths.items()]
+    return [prefix_route(n, a) for n, a in auths.items()]
 
 
 PATHS = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-from helpers import base
+from helpers import base, ivanti_session_route, prefix_route
 
 from proxy.core.clock import ManualClock
 from proxy.ops.logs import REDACTOR
@@ -31,20 +31,12 @@ def routes(sandbox: Sandbox) -> list[dict[str, Any]]:
     sandbox.state.iics_users["demo"].password = PASSWORD
     sandbox.state.ivanti_users["demo"].password = PASSWORD
     iics = {"login_url": sandbox.urls.login, "username": "demo", "password": PASSWORD}
-    auths: dict[str, dict[str, Any]] = {
-        "v2": {"type": "iics-password", **iics},
+    return [
+        prefix_route("v2", {"type": "iics-password", **iics}),
         # Its JWT runs out inside the session: re-minted (a renewal) before a new login.
-        "cdgc": {"type": "idmc-jwt", **iics, "upstream": sandbox.urls.cdgc},
-        "ivs": {
-            "type": "ivanti-session",
-            "url": sandbox.urls.ivanti,
-            "tenant": sandbox.state.ivanti_tenant,
-            "username": "demo",
-            "password": PASSWORD,
-            "role": "Admin",
-        },
-    }
-    return [{"name": n, "match": {"prefix": f"/{n}"}, "auth": a} for n, a in auths.items()]
+        prefix_route("cdgc", {"type": "idmc-jwt", **iics, "upstream": sandbox.urls.cdgc}),
+        ivanti_session_route(sandbox, name="ivs", prefix="/ivs", password=PASSWORD),
+    ]
 
 
 def presented_session_ids(sandbox: Sandbox) -> tuple[set[str], set[str]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,19 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
-from helpers import Served, Upstream, base, iics_route, write_config
+from helpers import (
+    FileProxy,
+    ServeRoutes,
+    StartSandbox,
+    Upstream,
+    base,
+    iics_route,
+    rss_kib,
+    write_config,
+)
 
 from proxy.config.load import load_config
-from proxy.core.clock import ManualClock
-from proxy.sandbox import Sandbox, SandboxState, run_sandbox
+from proxy.sandbox import Sandbox
 from proxy.server.app import ProxyServer
 
 AGENT = "/iics/saas/api/v2/agent"
@@ -37,37 +44,22 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.parametrize("resolve_changes", [False, True], ids=["unchanged", "new-resolve-map"])
 async def test_a_hundred_reloads_leave_memory_and_fds_flat(
-    sandbox: Sandbox,
-    serve_process,
-    tmp_path: Path,
-    unused_tcp_port: int,
-    resolve_changes: bool,
+    sandbox: Sandbox, serve_routes: ServeRoutes, resolve_changes: bool
 ) -> None:
-    config = tmp_path / "config.yaml"
-    listen = {"host": "127.0.0.1", "port": unused_tcp_port}
-
-    def write(reload: int) -> None:
+    def routes(reload: int) -> list[dict[str, Any]]:
         upstream: dict[str, Any] = {}
         if resolve_changes:  # an entry no request uses: only the map itself differs
             upstream["resolve"] = {f"unused-{reload}.test:443": "127.0.0.1:9"}
-        write_config(config, [iics_route(sandbox, upstream=upstream)], listen=listen)
+        return [iics_route(sandbox, upstream=upstream)]
 
-    write(0)
-    served: Served = await serve_process(config, unused_tcp_port)
+    served = await serve_routes(routes(0))
     pid = served.proc.pid
     baseline: tuple[int, int] = (0, 0)
     async with aiohttp.ClientSession() as http:
         for reload in range(1, RELOADS + 1):
-            write(reload)
+            served.rewrite(routes(reload))
             # The reload answers once it is done.
             async with http.post(served.url("/-/reload"), headers=STATE_CHANGE) as resp:
                 assert resp.status == 200
@@ -121,27 +113,25 @@ async def test_a_response_streaming_through_a_dropped_pool_is_not_cut(
 
 
 async def test_a_ca_bundle_rotated_in_place_is_used_after_a_reload(
-    clock: ManualClock, http: aiohttp.ClientSession, tmp_path: Path
+    tls_sandbox: StartSandbox,
+    file_proxy: FileProxy,
+    ca: trustme.CA,
+    other_ca: trustme.CA,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
 ) -> None:
-    vendor_ca, other_ca = trustme.CA(), trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    vendor_ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    sandbox = await tls_sandbox("127.0.0.1")  # its certificate is from ``ca``
     bundle = tmp_path / "ca.pem"
     other_ca.cert_pem.write_to_path(str(bundle))  # the wrong CA: the login fails
     config = tmp_path / "config.yaml"
-    async with run_sandbox(SandboxState(clock=clock), ssl_context=server_ctx) as sandbox:
-        write_config(config, [iics_route(sandbox, upstream={"ca_bundle": str(bundle)})])
-        server = ProxyServer(load_config(config), clock=clock, config_path=config)
-        await server.start()
-        try:
-            async with http.get(base(server, AGENT)) as resp:
-                assert resp.status == 502
-                assert "failed TLS verification" in (await resp.json())["error"]["message"]
-            vendor_ca.cert_pem.write_to_path(str(bundle))  # the same path, the right CA
-            async with http.post(base(server, "/-/reload"), headers=STATE_CHANGE) as resp:
-                assert (await resp.json())["relogin"] == ["iics"]  # a login through it
-            async with http.get(base(server, AGENT)) as resp:
-                assert resp.status == 200
-            assert len(sandbox.state.logins_for("iics-v2-login")) == 1
-        finally:
-            await server.stop(drain_timeout=1)
+    write_config(config, [iics_route(sandbox, upstream={"ca_bundle": str(bundle)})])
+    server = await file_proxy(config)
+    async with http.get(base(server, AGENT)) as resp:
+        assert resp.status == 502
+        assert "failed TLS verification" in (await resp.json())["error"]["message"]
+    ca.cert_pem.write_to_path(str(bundle))  # the same path, the right CA
+    async with http.post(base(server, "/-/reload"), headers=STATE_CHANGE) as resp:
+        assert (await resp.json())["relogin"] == ["iics"]  # a login through it
+    async with http.get(base(server, AGENT)) as resp:
+        assert resp.status == 200
+    assert len(sandbox.state.logins_for("iics-v2-login")) == 1

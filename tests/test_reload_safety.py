@@ -11,65 +11,44 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers import ROOT, Served, base, iics_route, wait_for, write_config
+from helpers import (
+    Served,
+    ServeRoutes,
+    base,
+    fetch,
+    iics_route,
+    non_loopback_address,
+    outcome,
+    run_cli,
+    v2_logins,
+    wait_for,
+)
 
 from proxy.sandbox import Sandbox
 
 AGENT = "/iics/saas/api/v2/agent"
-V2_LOGIN = "iics-v2-login"
 CLEAR = "/-/sessions/iics/clear"
 NON_SIMPLE = {"X-Auth-Proxy": "1"}
 _request_ids = itertools.count()
 
 
-def logins(sandbox: Sandbox) -> int:
-    return len(sandbox.state.logins_for(V2_LOGIN))
-
-
-def count(served: Served, event: str) -> int:
-    return sum(1 for e in served.events() if e["event"] == event)
-
-
 async def sighup(served: Served, workers: int = 1) -> None:
     """Send SIGHUP and wait until every worker has logged the reload."""
-    before = count(served, "config_reloaded")
+    before = served.count("config_reloaded")
     served.proc.send_signal(signal.SIGHUP)
     await wait_for(
-        lambda: count(served, "config_reloaded") == before + workers, what="config_reloaded"
+        lambda: served.count("config_reloaded") == before + workers, what="config_reloaded"
     )
 
 
-async def get(url: str, **headers: str) -> tuple[int, str]:
-    """Status and error code of one request on a fresh connection."""
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with (
-        aiohttp.ClientSession(connector=connector) as http,
-        http.get(url, headers=headers) as resp,
-    ):
-        await resp.read()
-        return resp.status, resp.headers.get("X-Auth-Proxy-Error", "")
-
-
-async def start(
-    serve_process: Any,
-    path: Path,
-    port: int,
-    routes: list[dict[str, Any]],
-    **top: Any,
-) -> Served:
-    write_config(path, routes, listen={"host": "127.0.0.1", "port": port}, **top)
-    served = await serve_process(path, port)
-    workers = top.get("workers", 1)
-    await wait_for(lambda: count(served, "listening") == workers, what="every worker listening")
-    return served
+async def post(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:
+    status, body, _ = await fetch(http, "POST", url, **kw)
+    return status, body
 
 
 def password_file(tmp_path: Path, value: str) -> Path:
@@ -82,86 +61,74 @@ def password_file(tmp_path: Path, value: str) -> Path:
 
 
 async def test_reloads_never_resend_rejected_credentials(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes, tmp_path: Path
 ) -> None:
     secret = password_file(tmp_path, "wrong")
-    route = iics_route(sandbox, password={"file": str(secret)})
-    served = await start(serve_process, tmp_path / "config.yaml", unused_tcp_port, [route])
+    served = await serve_routes([iics_route(sandbox, password={"file": str(secret)})])
     url = served.url(AGENT)
-    assert await get(url) == (502, "login_rejected")
+    assert await outcome(url) == (502, "login_rejected")
     for _ in range(20):  # a ConfigMap watcher that reloads every minute
         await sighup(served)
-        assert await get(url) == (502, "login_rejected")
-    assert logins(sandbox) == 1
+        assert await outcome(url) == (502, "login_rejected")
+    assert v2_logins(sandbox) == 1
 
     # Other (still wrong) credentials are new: tried once, then locked out in turn.
     secret.write_text("also-wrong\n")
     await sighup(served)
-    assert await get(url) == (502, "login_rejected")
+    assert await outcome(url) == (502, "login_rejected")
     await sighup(served)
-    assert await get(url) == (502, "login_rejected")
-    assert logins(sandbox) == 2
+    assert await outcome(url) == (502, "login_rejected")
+    assert v2_logins(sandbox) == 2
 
     # The right password lands in the file; the reload makes the proxy read it.
     secret.write_text("demo-password\n")
-    assert await get(url) == (502, "login_rejected")  # not before the reload
+    assert await outcome(url) == (502, "login_rejected")  # not before the reload
     await sighup(served)
-    assert await get(url) == (200, "")
-    assert logins(sandbox) == 3
+    assert await outcome(url) == (200, "")
+    assert v2_logins(sandbox) == 3
 
 
 async def test_a_tuning_change_keeps_the_lockout(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes
 ) -> None:
-    config = tmp_path / "config.yaml"
-    listen = {"host": "127.0.0.1", "port": unused_tcp_port}
-    served = await start(
-        serve_process, config, unused_tcp_port, [iics_route(sandbox, password="wrong")]
-    )
-    assert await get(served.url(AGENT)) == (502, "login_rejected")
+    served = await serve_routes([iics_route(sandbox, password="wrong")])
+    assert await outcome(served.url(AGENT)) == (502, "login_rejected")
 
     tuned = iics_route(sandbox, password="wrong", idle_timeout=900, refresh_margin=60)
-    write_config(config, [tuned], listen=listen)
+    served.rewrite([tuned])
     await sighup(served)
-    assert await get(served.url(AGENT)) == (502, "login_rejected")
-    assert logins(sandbox) == 1
+    assert await outcome(served.url(AGENT)) == (502, "login_rejected")
+    assert v2_logins(sandbox) == 1
 
-    write_config(config, [iics_route(sandbox, password="demo-password")], listen=listen)
+    served.rewrite([iics_route(sandbox, password="demo-password")])
     await sighup(served)
-    assert await get(served.url(AGENT)) == (200, "")
-    assert logins(sandbox) == 2
+    assert await outcome(served.url(AGENT)) == (200, "")
+    assert v2_logins(sandbox) == 2
 
 
 async def test_a_command_secret_is_not_run_to_compare_and_only_its_text_counts(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes, tmp_path: Path
 ) -> None:
     # The command might print a single-use token: a reload must not run it.
     runs = tmp_path / "runs"
-    config = tmp_path / "config.yaml"
-    listen = {"host": "127.0.0.1", "port": unused_tcp_port}
 
     def route(password: str) -> dict[str, Any]:
         return iics_route(sandbox, password={"command": f"echo x >> {runs}; echo {password}"})
 
-    served = await start(serve_process, config, unused_tcp_port, [route("wrong")])
-    assert await get(served.url(AGENT)) == (502, "login_rejected")
+    served = await serve_routes([route("wrong")])
+    assert await outcome(served.url(AGENT)) == (502, "login_rejected")
     for _ in range(5):
         await sighup(served)
-        assert await get(served.url(AGENT)) == (502, "login_rejected")
-    assert (logins(sandbox), runs.read_text().count("x")) == (1, 1)
+        assert await outcome(served.url(AGENT)) == (502, "login_rejected")
+    assert (v2_logins(sandbox), runs.read_text().count("x")) == (1, 1)
 
-    write_config(config, [route("demo-password")], listen=listen)
+    served.rewrite([route("demo-password")])
     await sighup(served)
-    assert await get(served.url(AGENT)) == (200, "")
-    assert (logins(sandbox), runs.read_text().count("x")) == (2, 2)
+    assert await outcome(served.url(AGENT)) == (200, "")
+    assert (v2_logins(sandbox), runs.read_text().count("x")) == (2, 2)
 
 
 # ---------------------------------------------------------------- the clear endpoint
-
-
-async def post(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:
-    async with http.post(url, **kw) as resp:
-        return resp.status, await resp.json()
 
 
 async def test_clear_lifts_one_routes_lockout(
@@ -173,9 +140,9 @@ async def test_clear_lifts_one_routes_lockout(
             iics_route(sandbox, name="other", prefix="/other", password="wrong"),
         ]
     )
-    assert await get(base(server, AGENT)) == (502, "login_rejected")
-    assert await get(base(server, "/other/saas/api/v2/agent")) == (502, "login_rejected")
-    assert logins(sandbox) == 2
+    assert await outcome(base(server, AGENT)) == (502, "login_rejected")
+    assert await outcome(base(server, "/other/saas/api/v2/agent")) == (502, "login_rejected")
+    assert v2_logins(sandbox) == 2
 
     assert await post(http, base(server, CLEAR), headers=NON_SIMPLE) == (
         200,
@@ -184,9 +151,9 @@ async def test_clear_lifts_one_routes_lockout(
     async with http.get(base(server, "/-/sessions")) as resp:
         states = {name: entry["state"] for name, entry in (await resp.json()).items()}
     assert states == {"iics": "none", "other": "rejected"}
-    assert await get(base(server, AGENT)) == (502, "login_rejected")  # asked once more
-    assert await get(base(server, "/other/saas/api/v2/agent")) == (502, "login_rejected")
-    assert logins(sandbox) == 3
+    assert await outcome(base(server, AGENT)) == (502, "login_rejected")  # asked once more
+    assert await outcome(base(server, "/other/saas/api/v2/agent")) == (502, "login_rejected")
+    assert v2_logins(sandbox) == 3
 
     status, body = await post(http, base(server, CLEAR), headers=NON_SIMPLE)
     assert (status, body["lockout"]) == (200, True)
@@ -200,7 +167,7 @@ async def test_clear_needs_a_request_no_web_page_can_send(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession
 ) -> None:
     server = await make_proxy(routes=[iics_route(sandbox, password="wrong")])
-    assert await get(base(server, AGENT)) == (502, "login_rejected")
+    assert await outcome(base(server, AGENT)) == (502, "login_rejected")
     url = base(server, CLEAR)
     # What an HTML form on another site can send: a simple POST.
     form = {
@@ -220,18 +187,8 @@ async def test_clear_needs_a_request_no_web_page_can_send(
         assert (resp.status, resp.headers["Allow"]) == (405, "POST")
     status, body = await post(http, base(server, "/-/sessions/nope/clear"), headers=NON_SIMPLE)
     assert (status, body["error"]["code"]) == (404, "no_route")
-    assert await get(base(server, AGENT)) == (502, "login_rejected")
-    assert logins(sandbox) == 1  # none of the above lifted the lockout
-
-
-def non_loopback_address() -> str | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # no packet is sent; this only picks a source
-        except OSError:
-            return None
-        address = probe.getsockname()[0]
-    return None if address.startswith("127.") else address
+    assert await outcome(base(server, AGENT)) == (502, "login_rejected")
+    assert v2_logins(sandbox) == 1  # none of the above lifted the lockout
 
 
 async def test_clear_is_refused_to_non_loopback_clients(
@@ -245,59 +202,46 @@ async def test_clear_is_refused_to_non_loopback_clients(
         listen={"host": "0.0.0.0", "port": 0},
         allow_unauthenticated=True,
     )
-    assert await get(base(server, AGENT)) == (502, "login_rejected")
+    assert await outcome(base(server, AGENT)) == (502, "login_rejected")
     status, body = await post(http, f"http://{address}:{server.port}{CLEAR}", headers=NON_SIMPLE)
     assert (status, body["error"]["code"]) == (403, "forbidden")
-    assert await get(base(server, AGENT)) == (502, "login_rejected")
-    assert logins(sandbox) == 1
+    assert await outcome(base(server, AGENT)) == (502, "login_rejected")
+    assert v2_logins(sandbox) == 1
 
 
 # ---------------------------------------------------------------- auth-proxy clear
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-
-
 async def test_clear_command_lifts_the_lockout_of_the_running_proxy(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes, tmp_path: Path
 ) -> None:
     secret = password_file(tmp_path, "wrong")
-    config = tmp_path / "config.yaml"
-    served = await start(
-        serve_process,
-        config,
-        unused_tcp_port,
+    served = await serve_routes(
         [iics_route(sandbox, password={"file": str(secret)})],
         client_auth={"tokens": ["cli-token", "other-token"]},
     )
+    config = str(served.config)
     token = {"Proxy-Authorization": "Bearer cli-token"}
-    assert await get(served.url(AGENT), **token) == (502, "login_rejected")
+    assert await outcome(served.url(AGENT), **token) == (502, "login_rejected")
     secret.write_text("demo-password\n")  # fixed, but neither reloaded nor cleared yet
-    assert await get(served.url(AGENT), **token) == (502, "login_rejected")
+    assert await outcome(served.url(AGENT), **token) == (502, "login_rejected")
 
-    result = await asyncio.to_thread(run_cli, "clear", "iics", "-c", str(config))
+    result = await asyncio.to_thread(run_cli, "clear", "iics", "-c", config)
     assert (result.returncode, result.stdout) == (0, "iics: login lockout lifted\n")
-    assert await get(served.url(AGENT), **token) == (200, "")
-    assert logins(sandbox) == 2
-    result = await asyncio.to_thread(run_cli, "clear", "iics", "-c", str(config))
+    assert await outcome(served.url(AGENT), **token) == (200, "")
+    assert v2_logins(sandbox) == 2
+    result = await asyncio.to_thread(run_cli, "clear", "iics", "-c", config)
     assert (result.returncode, result.stdout) == (0, "iics: no login lockout to lift\n")
 
-    result = await asyncio.to_thread(run_cli, "clear", "nope", "-c", str(config))
+    result = await asyncio.to_thread(run_cli, "clear", "nope", "-c", config)
     assert result.returncode == 2
     assert "unknown route nope (routes: iics)" in result.stderr
 
     served.proc.send_signal(signal.SIGTERM)
     await served.finish()
-    result = await asyncio.to_thread(run_cli, "clear", "iics", "-c", str(config))
+    result = await asyncio.to_thread(run_cli, "clear", "iics", "-c", config)
     assert result.returncode == 1
-    assert f"no proxy answers on 127.0.0.1:{unused_tcp_port}" in result.stderr
+    assert f"no proxy answers on 127.0.0.1:{served.port}" in result.stderr
 
 
 # ---------------------------------------------------------------- workers: 2
@@ -312,7 +256,7 @@ async def answer_by_worker(served: Served, url: str) -> dict[int, set[tuple[int,
     out: dict[int, set[tuple[int, str]]] = {}
     for _ in range(100):
         request_id = f"reload-safety-{next(_request_ids)}"
-        answer = await get(url, **{"X-Request-ID": request_id})
+        answer = await outcome(url, **{"X-Request-ID": request_id})
         await wait_for(
             lambda rid=request_id: bool(access_lines(served, rid)), what="the access line"
         )
@@ -323,23 +267,17 @@ async def answer_by_worker(served: Served, url: str) -> dict[int, set[tuple[int,
 
 
 async def test_with_workers_reloads_keep_and_clear_lifts_the_lockout_everywhere(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes, tmp_path: Path
 ) -> None:
     secret = password_file(tmp_path, "wrong")
-    served = await start(
-        serve_process,
-        tmp_path / "config.yaml",
-        unused_tcp_port,
-        [iics_route(sandbox, password={"file": str(secret)})],
-        workers=2,
-    )
+    served = await serve_routes([iics_route(sandbox, password={"file": str(secret)})], workers=2)
     url = served.url(AGENT)
     rejected = {0: {(502, "login_rejected")}, 1: {(502, "login_rejected")}}
     assert await answer_by_worker(served, url) == rejected
     for _ in range(5):
         await sighup(served, workers=2)
         assert await answer_by_worker(served, url) == rejected
-    assert logins(sandbox) == 1
+    assert v2_logins(sandbox) == 1
 
     secret.write_text("demo-password\n")  # fixed, but not reloaded: both stay locked out
     assert await answer_by_worker(served, url) == rejected
@@ -347,4 +285,4 @@ async def test_with_workers_reloads_keep_and_clear_lifts_the_lockout_everywhere(
         status, body = await post(http, served.url(CLEAR), headers=NON_SIMPLE)
     assert (status, body["lockout"]) == (200, True)
     assert await answer_by_worker(served, url) == {0: {(200, "")}, 1: {(200, "")}}
-    assert logins(sandbox) == 3  # the rejected one, then one per worker
+    assert v2_logins(sandbox) == 3  # the rejected one, then one per worker

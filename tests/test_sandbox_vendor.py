@@ -5,48 +5,17 @@ from __future__ import annotations
 
 import email.utils
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from helpers import DEMO, fetch, sandbox_v2_login, status_of
 
-from proxy.sandbox import ManualClock, RateLimit, Sandbox, SandboxState, run_sandbox
+from proxy.sandbox import RateLimit, Sandbox
 
-DEMO = {"username": "demo", "password": "demo-password"}
 API_KEY = {"Authorization": "rest_api_key=demo-api-key"}
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(start=1_750_000_000.25)
-
-
-@pytest.fixture
-async def sandbox(clock: ManualClock) -> AsyncIterator[Sandbox]:
-    async with run_sandbox(SandboxState(clock=clock)) as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def v2_login(http: aiohttp.ClientSession, sandbox: Sandbox) -> str:
-    async with http.post(sandbox.urls.login + "/ma/api/v2/user/login", json=DEMO) as response:
-        assert response.status == 200
-        session_id: str = (await response.json())["icSessionId"]
-    return session_id
-
-
-async def get(
-    http: aiohttp.ClientSession, url: str, headers: dict[str, str]
-) -> tuple[int, dict[str, str], Any]:
-    async with http.get(url, headers=headers) as response:
-        body = await response.json(content_type=None)
-        return response.status, dict(response.headers), body
+# A quarter past a whole second: Retry-After dates round up, the rest stays exact.
+CLOCK_START = 1_750_000_000.25
 
 
 # --------------------------------------------------------------------------- rate limits
@@ -56,12 +25,12 @@ async def test_refuse_next_throttles_that_many_requests_then_lets_them_through(s
     limit = RateLimit(refuse_next=2, retry_after=3)
     sandbox.state.rate_limits["ivanti"] = limit
     url = sandbox.urls.ivanti + "/api/odata/businessobject/incidents"
-    answers = [await get(http, url, API_KEY) for _ in range(3)]
+    answers = [await fetch(http, "GET", url, headers=API_KEY) for _ in range(3)]
     assert [status for status, _, _ in answers] == [429, 429, 200]
-    _, headers, body = answers[0]
+    _, body, headers = answers[0]
     assert headers["Retry-After"] == "3"
     assert body["error"]["code"] == "RATE_LIMITED"
-    assert "Retry-After" not in answers[2][1]
+    assert "Retry-After" not in answers[2].headers
     assert limit.refused == 2 and limit.refuse_next == 0
     assert len(sandbox.state.requests_for("ivanti")) == 3  # every attempt reached the vendor
 
@@ -69,19 +38,23 @@ async def test_refuse_next_throttles_that_many_requests_then_lets_them_through(s
 async def test_the_token_bucket_runs_on_the_sandbox_clock(sandbox, http, clock):
     limit = RateLimit(requests=2, per=60)
     sandbox.state.rate_limits["iics-pod"] = limit
-    session = {"icSessionId": await v2_login(http, sandbox)}
+    session = {"icSessionId": await sandbox_v2_login(http, sandbox)}
     url = sandbox.urls.pod + "/saas/api/v2/agent"
-    assert [(await get(http, url, session))[0] for _ in range(2)] == [200, 200]
-    status, headers, _ = await get(http, url, session)
+    assert [await status_of(http, url, headers=session) for _ in range(2)] == [200, 200]
+    status, _, headers = await fetch(http, "GET", url, headers=session)
     assert (status, headers["Retry-After"]) == (429, "30")  # a token every 30 s
     clock.advance(29.5)
-    status, headers, _ = await get(http, url, session)
+    status, _, headers = await fetch(http, "GET", url, headers=session)
     assert (status, headers["Retry-After"]) == (429, "1")  # rounded up, never 0
     clock.advance(0.5)
-    assert (await get(http, url, session))[0] == 200
-    assert (await get(http, url, session))[0] == 429
+    assert await status_of(http, url, headers=session) == 200
+    assert await status_of(http, url, headers=session) == 429
     clock.advance(600)  # the bucket holds at most 2
-    assert [(await get(http, url, session))[0] for _ in range(3)] == [200, 200, 429]
+    assert [await status_of(http, url, headers=session) for _ in range(3)] == [
+        200,
+        200,
+        429,
+    ]
     assert limit.refused == 4
 
 
@@ -90,7 +63,7 @@ async def test_503_with_an_http_date(sandbox, http, clock):
         refuse_next=1, status=503, retry_after=120, http_date=True
     )
     url = sandbox.urls.ivanti + "/HEAT/api/odata/businessobject/incidents"
-    status, headers, _ = await get(http, url, API_KEY)
+    status, _, headers = await fetch(http, "GET", url, headers=API_KEY)
     assert status == 503
     when = email.utils.parsedate_to_datetime(headers["Retry-After"]).timestamp()
     assert when == math.ceil(clock.now() + 120)
@@ -100,7 +73,7 @@ async def test_503_with_an_http_date(sandbox, http, clock):
 async def test_a_throttle_answer_can_leave_out_retry_after(sandbox, http):
     sandbox.state.rate_limits["ivanti"] = RateLimit(refuse_next=1, retry_after=None)
     url = sandbox.urls.ivanti + "/api/odata/businessobject/incidents"
-    status, headers, _ = await get(http, url, API_KEY)
+    status, _, headers = await fetch(http, "GET", url, headers=API_KEY)
     assert status == 429 and "Retry-After" not in headers
 
 
@@ -110,8 +83,10 @@ async def test_rate_limits_are_per_app_and_spare_logins(sandbox, http):
     url = sandbox.urls.ivanti + "/api/rest/authentication/login"
     async with http.post(url, json=login) as response:
         assert response.status == 200
-    session = {"icSessionId": await v2_login(http, sandbox)}
-    assert (await get(http, sandbox.urls.pod + "/saas/api/v2/agent", session))[0] == 200
+    session = {"icSessionId": await sandbox_v2_login(http, sandbox)}
+    assert (
+        await fetch(http, "GET", sandbox.urls.pod + "/saas/api/v2/agent", headers=session)
+    ).status == 200
 
 
 def test_a_rate_limit_refuses_nonsense() -> None:
@@ -139,7 +114,7 @@ async def valid_session(
 
 
 async def test_valid_session_id_answers_the_org_timeout_in_minutes(sandbox, http):
-    session_id = await v2_login(http, sandbox)
+    session_id = await sandbox_v2_login(http, sandbox)
     assert await valid_session(http, sandbox, session_id) == {
         "@type": "validatedToken",
         "timeUntilExpire": 30,
@@ -151,7 +126,7 @@ async def test_valid_session_id_answers_the_org_timeout_in_minutes(sandbox, http
 
 async def test_a_five_minute_org_expires_sessions_after_five_idle_minutes(sandbox, http, clock):
     sandbox.state.iics_idle_timeout = 300
-    session_id = await v2_login(http, sandbox)
+    session_id = await sandbox_v2_login(http, sandbox)
     minutes = []
     for step in (0, 150, 100, 49):
         clock.advance(step)
@@ -166,25 +141,25 @@ async def test_a_five_minute_org_expires_sessions_after_five_idle_minutes(sandbo
         "isValidToken": False,
     }
     agents = sandbox.urls.pod + "/saas/api/v2/agent"
-    assert (await get(http, agents, {"icSessionId": session_id}))[0] == 401
+    assert await status_of(http, agents, headers={"icSessionId": session_id}) == 401
 
 
 async def test_the_org_timeout_slides_with_use(sandbox, http, clock):
     sandbox.state.iics_idle_timeout = 300
-    session = {"icSessionId": await v2_login(http, sandbox)}
+    session = {"icSessionId": await sandbox_v2_login(http, sandbox)}
     url = sandbox.urls.pod + "/saas/api/v2/agent"
     for _ in range(3):
         clock.advance(299)
-        assert (await get(http, url, session))[0] == 200
+        assert await status_of(http, url, headers=session) == 200
     assert (await valid_session(http, sandbox, session["icSessionId"]))["timeUntilExpire"] == 5
     clock.advance(300)
-    assert (await get(http, url, session))[0] == 401
+    assert await status_of(http, url, headers=session) == 401
 
 
 async def test_valid_session_id_for_a_jwt_session_counts_down_to_its_exp(sandbox, http, clock):
     sandbox.state.iics_users["demo"].session_kind = "jwt"
     sandbox.state.jwt_lifetime = 900
-    session_id = await v2_login(http, sandbox)
+    session_id = await sandbox_v2_login(http, sandbox)
     clock.advance(200)
     answer = await valid_session(http, sandbox, session_id)
     assert answer == {"@type": "validatedToken", "timeUntilExpire": 11, "isValidToken": True}
@@ -192,7 +167,7 @@ async def test_valid_session_id_for_a_jwt_session_counts_down_to_its_exp(sandbox
 
 @pytest.mark.parametrize("who", ["someone-else", "unknown-token"])
 async def test_valid_session_id_refuses_other_tokens(sandbox, http, who):
-    session_id = await v2_login(http, sandbox)
+    session_id = await sandbox_v2_login(http, sandbox)
     if who == "someone-else":
         answer = await valid_session(http, sandbox, session_id, user="mallory")
     else:
@@ -243,7 +218,7 @@ async def test_odata_paging_follows_absolute_next_links(sandbox, http, prefix):
     url: str | None = tenant + "/api/odata/businessobject/incidents?$top=2"
     pages = []
     while url is not None and len(pages) < 5:
-        status, _, page = await get(http, url, API_KEY)
+        status, page, _ = await fetch(http, "GET", url, headers=API_KEY)
         assert status == 200
         assert page["@odata.context"] == tenant + "/api/odata/$metadata#incidents"
         pages.append(page)
@@ -258,7 +233,7 @@ async def test_odata_paging_follows_absolute_next_links(sandbox, http, prefix):
         assert row["@odata.id"] == (
             f"{tenant}/api/odata/businessobject/incidents('{row['RecId']}')"
         )
-        status, _, entity = await get(http, row["@odata.id"], API_KEY)
+        status, entity, _ = await fetch(http, "GET", row["@odata.id"], headers=API_KEY)
         assert status == 200 and entity["RecId"] == row["RecId"]
         assert entity["@odata.context"] == tenant + "/api/odata/$metadata#incidents/$entity"
         assert entity["@odata.id"] == row["@odata.id"]
@@ -266,25 +241,25 @@ async def test_odata_paging_follows_absolute_next_links(sandbox, http, prefix):
 
 async def test_odata_next_links_keep_the_other_query_options(sandbox, http):
     url = sandbox.urls.ivanti + "/api/odata/businessobject/incidents?$select=Subject&$top=1"
-    _, _, page = await get(http, url, API_KEY)
+    _, page, _ = await fetch(http, "GET", url, headers=API_KEY)
     assert page["@odata.nextLink"] == (
         sandbox.urls.ivanti + "/api/odata/businessobject/incidents?$select=Subject&$top=1&$skip=1"
     )
-    _, _, last = await get(http, url + "&$skip=2", API_KEY)
+    _, last, _ = await fetch(http, "GET", url + "&$skip=2", headers=API_KEY)
     assert len(last["value"]) == 1 and "@odata.nextLink" not in last
 
 
 @pytest.mark.parametrize(("query", "rows"), [("", 3), ("?$skip=1", 2), ("?$top=0", 0)])
 async def test_odata_without_a_page_size_has_no_next_link(sandbox, http, query, rows):
     url = sandbox.urls.ivanti + "/api/odata/businessobject/incidents" + query
-    _, _, page = await get(http, url, API_KEY)
+    _, page, _ = await fetch(http, "GET", url, headers=API_KEY)
     assert len(page["value"]) == rows and "@odata.nextLink" not in page
 
 
 @pytest.mark.parametrize("query", ["$skip=-1", "$top=x", "$skip=%C2%B2"])
 async def test_odata_paging_options_must_be_numbers(sandbox, http, query):
     url = sandbox.urls.ivanti + "/api/odata/businessobject/incidents?" + query
-    status, _, body = await get(http, url, API_KEY)
+    status, body, _ = await fetch(http, "GET", url, headers=API_KEY)
     assert status == 400 and body["code"] == "ISM_4000"
 
 

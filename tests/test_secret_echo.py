@@ -8,15 +8,13 @@ vendor text. No form of it may reach the 502 body, ``/-/sessions``, the output o
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers import ROOT, base, write_config
+from helpers import base, ivanti_session_route, prefix_route, run_check, write_config
 
 from proxy.core.masking import MASK
 from proxy.sandbox import Sandbox
@@ -40,19 +38,11 @@ PATHS = {
 
 def wrong_password_routes(sandbox: Sandbox) -> list[dict[str, Any]]:
     iics = {"login_url": sandbox.urls.login, "username": "demo", "password": PASSWORD}
-    auths: dict[str, dict[str, Any]] = {
-        "v2": {"type": "iics-password", **iics},
-        "v3": {"type": "iics-password-v3", **iics},
-        "ivs": {
-            "type": "ivanti-session",
-            "url": sandbox.urls.ivanti,
-            "tenant": sandbox.state.ivanti_tenant,
-            "username": "demo",
-            "password": PASSWORD,
-            "role": "Admin",
-        },
-    }
-    return [{"name": n, "match": {"prefix": f"/{n}"}, "auth": a} for n, a in auths.items()]
+    return [
+        prefix_route("v2", {"type": "iics-password", **iics}),
+        prefix_route("v3", {"type": "iics-password-v3", **iics}),
+        ivanti_session_route(sandbox, name="ivs", prefix="/ivs", password=PASSWORD),
+    ]
 
 
 @pytest.mark.parametrize("echo", list(ECHOES))
@@ -80,22 +70,6 @@ async def test_an_echoed_password_reaches_no_client_and_no_log(
     for name, status in json.loads(sessions_text).items():
         assert status["state"] == "rejected", name
         assert MASK in status["last_error"] and "(HTTP 4" in status["last_error"], name
-
-
-async def run_check(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "check",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.mark.parametrize("echo", list(ECHOES))

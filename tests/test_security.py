@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import Upstream, base, iics_route
+from helpers import Upstream, base, iics_route, prefix_route, raw_exchange
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -66,24 +65,6 @@ async def test_dns_rebinding_host_is_refused_on_loopback(
 # ---------------------------------------------------------------- hostile input
 
 
-async def raw_exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send raw bytes, read one HTTP/1.1 answer (the proxy closes after errors)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {
-            k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
-        }
-        body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", 0))), 5)
-        return status, headers, body
-    finally:
-        writer.close()
-
-
 @pytest.mark.parametrize(
     ("raw", "status", "code"),
     [
@@ -136,17 +117,8 @@ async def test_a_login_answer_without_a_session_id_is_login_failed(
         return web.json_response({"serverUrl": f"{upstream.url}/saas"})  # no icSessionId
 
     upstream.handler = handler
-    route = {
-        "name": "iics",
-        "match": {"prefix": "/iics"},
-        "auth": {
-            "type": "iics-password",
-            "login_url": upstream.url,
-            "username": "u",
-            "password": "p",
-        },
-    }
-    server = await make_proxy(routes=[route])
+    auth = {"type": "iics-password", "login_url": upstream.url, "username": "u", "password": "p"}
+    server = await make_proxy(routes=[prefix_route("iics", auth)])
     async with http.get(base(server, "/iics/saas/api/v2/agent")) as resp:
         assert resp.status == 502
         error = (await resp.json())["error"]

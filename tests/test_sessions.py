@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import Upstream, base, iics_route, wait_for
+from helpers import Upstream, base, fetch, iics_route, status_of, v2_logins, wait_for
 
 from proxy.core.clock import ManualClock
 from proxy.core.errors import LoginBackoff, LoginFailed
@@ -24,18 +24,6 @@ from proxy.flows.base import (
 from proxy.sandbox import Sandbox
 from proxy.sessions.manager import RouteSessions
 
-V2_LOGIN = "iics-v2-login"
-
-
-def login_count(sandbox: Sandbox) -> int:
-    return len(sandbox.state.logins_for(V2_LOGIN))
-
-
-async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, dict | list]:
-    async with http.get(url) as resp:
-        return resp.status, await resp.json()
-
-
 # ---------------------------------------------------------------- single flight
 
 
@@ -45,9 +33,9 @@ async def test_fifty_concurrent_cold_requests_make_exactly_one_login(
     sandbox.state.login_delay = 0.2  # keep the login in flight while all requests arrive
     server = await make_proxy(routes=[iics_route(sandbox)])
     url = base(server, "/iics/saas/api/v2/agent")
-    results = await asyncio.gather(*(get_json(http, url) for _ in range(50)))
-    assert [status for status, _ in results] == [200] * 50
-    assert login_count(sandbox) == 1
+    results = await asyncio.gather(*(fetch(http, "GET", url) for _ in range(50)))
+    assert [r.status for r in results] == [200] * 50
+    assert v2_logins(sandbox) == 1
     session_ids = {r.headers["icSessionId"] for r in sandbox.state.requests_for("iics-pod")}
     assert len(session_ids) == 1
 
@@ -59,10 +47,10 @@ async def test_concurrent_waiters_share_a_failed_login(
     sandbox.state.login_status_override = 503
     server = await make_proxy(routes=[iics_route(sandbox)])
     url = base(server, "/iics/saas/api/v2/agent")
-    results = await asyncio.gather(*(get_json(http, url) for _ in range(20)))
-    assert {status for status, _ in results} == {502}
-    assert {body["error"]["code"] for _, body in results} == {"login_failed"}
-    assert login_count(sandbox) == 1
+    results = await asyncio.gather(*(fetch(http, "GET", url) for _ in range(20)))
+    assert {r.status for r in results} == {502}
+    assert {r.body["error"]["code"] for r in results} == {"login_failed"}
+    assert v2_logins(sandbox) == 1
 
 
 class SlowFlow(Flow):
@@ -120,12 +108,12 @@ async def test_idle_expiry_slides_with_use_and_relogs_in_after_it(
     server = await make_proxy(routes=[iics_route(sandbox)])
     url = base(server, "/iics/saas/api/v2/agent")
     for _ in range(3):  # each use restarts the 30-minute idle clock on both sides
-        assert (await get_json(http, url))[0] == 200
+        assert await status_of(http, url) == 200
         clock.advance(1500)
-    assert login_count(sandbox) == 1
+    assert v2_logins(sandbox) == 1
     clock.advance(400)  # now 1900 s idle: the proxy knows the session is gone
-    assert (await get_json(http, url))[0] == 200
-    assert login_count(sandbox) == 2
+    assert await status_of(http, url) == 200
+    assert v2_logins(sandbox) == 2
     async with http.get(base(server, "/-/sessions")) as resp:
         assert (await resp.json())["iics"]["state"] == "active"
 
@@ -135,13 +123,13 @@ async def test_session_is_renewed_proactively_within_the_refresh_margin(
 ) -> None:
     server = await make_proxy(routes=[iics_route(sandbox, refresh_margin=120)])
     url = base(server, "/iics/saas/api/v2/agent")
-    assert (await get_json(http, url))[0] == 200
+    assert await status_of(http, url) == 200
     clock.advance(1800 - 60)  # 60 s left, inside the margin
-    status, _ = await get_json(http, url)
+    status = await status_of(http, url)
     assert status == 200  # served at once with the old session
-    await wait_for(lambda: login_count(sandbox) == 2, what="background renewal")
-    assert (await get_json(http, url))[0] == 200
-    assert login_count(sandbox) == 2
+    await wait_for(lambda: v2_logins(sandbox) == 2, what="background renewal")
+    assert await status_of(http, url) == 200
+    assert v2_logins(sandbox) == 2
 
 
 # ---------------------------------------------------------------- reactive re-login
@@ -152,19 +140,19 @@ async def test_a_401_storm_makes_exactly_one_relogin(
 ) -> None:
     server = await make_proxy(routes=[iics_route(sandbox)])
     url = base(server, "/iics/saas/api/v2/agent")
-    assert (await get_json(http, url))[0] == 200
+    assert await status_of(http, url) == 200
     sandbox.state.expire_all_sessions()  # the vendor forgets the session behind our back
     sandbox.state.login_delay = 0.1
-    results = await asyncio.gather(*(get_json(http, url) for _ in range(40)))
-    assert [status for status, _ in results] == [200] * 40
-    assert login_count(sandbox) == 2
+    results = await asyncio.gather(*(fetch(http, "GET", url) for _ in range(40)))
+    assert [r.status for r in results] == [200] * 40
+    assert v2_logins(sandbox) == 2
 
 
 async def test_post_is_replayed_after_relogin_with_the_same_body(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession, logs
 ) -> None:
     server = await make_proxy(routes=[iics_route(sandbox)])
-    assert (await get_json(http, base(server, "/iics/saas/api/v2/agent")))[0] == 200
+    assert await status_of(http, base(server, "/iics/saas/api/v2/agent")) == 200
     sandbox.state.expire_all_sessions()
     payload = b'{"name": "job-1", "params": [1, 2, 3]}'
     async with http.post(
@@ -178,7 +166,7 @@ async def test_post_is_replayed_after_relogin_with_the_same_body(
     assert echoed["headers"]["Content-Type"] == "application/json"
     posts = [r for r in sandbox.state.requests_for("iics-pod") if r.path == "/saas/api/v2/echo"]
     assert [p.body for p in posts] == [payload, payload]
-    assert login_count(sandbox) == 2
+    assert v2_logins(sandbox) == 2
     access = [e for e in logs.events("request") if e["path"] == "/iics/saas/api/v2/echo"]
     assert access[-1]["replayed"] is True
 
@@ -187,7 +175,7 @@ async def test_chunked_body_within_the_limit_is_replayed(
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession
 ) -> None:
     server = await make_proxy(routes=[iics_route(sandbox)])
-    assert (await get_json(http, base(server, "/iics/saas/api/v2/agent")))[0] == 200
+    assert await status_of(http, base(server, "/iics/saas/api/v2/agent")) == 200
     sandbox.state.expire_all_sessions()
 
     async def chunks():
@@ -203,7 +191,7 @@ async def test_body_over_the_limit_is_not_replayed_and_the_401_reaches_the_clien
     sandbox: Sandbox, make_proxy, http: aiohttp.ClientSession
 ) -> None:
     server = await make_proxy(routes=[iics_route(sandbox, upstream={"retry_body_limit": 16})])
-    assert (await get_json(http, base(server, "/iics/saas/api/v2/agent")))[0] == 200
+    assert await status_of(http, base(server, "/iics/saas/api/v2/agent")) == 200
     sandbox.state.expire_all_sessions()
     async with http.post(base(server, "/iics/saas/api/v2/echo"), data=b"x" * 100) as resp:
         assert resp.status == 401
@@ -211,8 +199,8 @@ async def test_body_over_the_limit_is_not_replayed_and_the_401_reaches_the_clien
     posts = [r for r in sandbox.state.requests_for("iics-pod") if r.path == "/saas/api/v2/echo"]
     assert len(posts) == 1
     # The stale session was dropped: the next request logs in once and succeeds.
-    assert (await get_json(http, base(server, "/iics/saas/api/v2/agent")))[0] == 200
-    assert login_count(sandbox) == 2
+    assert await status_of(http, base(server, "/iics/saas/api/v2/agent")) == 200
+    assert v2_logins(sandbox) == 2
 
 
 async def test_a_401_after_a_fresh_relogin_is_not_replayed_again(
@@ -223,7 +211,7 @@ async def test_a_401_after_a_fresh_relogin_is_not_replayed_again(
         assert resp.status == 401
     calls = [r for r in sandbox.state.requests_for("iics-pod") if r.path.endswith("/status/401")]
     assert len(calls) == 2  # the original and one replay, never more
-    assert login_count(sandbox) == 2
+    assert v2_logins(sandbox) == 2
 
 
 # ---------------------------------------------------------------- lockout safety
@@ -242,7 +230,7 @@ async def test_rejected_login_is_not_retried_until_login_retry_after(
             assert "UI_10000" in error["message"]
             assert "User name or password is not valid" in error["message"]
             assert "wrong" not in error["message"]
-    assert login_count(sandbox) == 1
+    assert v2_logins(sandbox) == 1
     async with http.get(base(server, "/-/sessions")) as resp:
         status = (await resp.json())["iics"]
         assert status["state"] == "rejected"
@@ -250,7 +238,7 @@ async def test_rejected_login_is_not_retried_until_login_retry_after(
     clock.advance(301)
     async with http.get(url) as resp:
         assert resp.status == 502
-    assert login_count(sandbox) == 2
+    assert v2_logins(sandbox) == 2
 
 
 async def test_failed_logins_back_off_exponentially_with_retry_after(
@@ -273,7 +261,7 @@ async def test_failed_logins_back_off_exponentially_with_retry_after(
     clock.advance(2.1)
     assert await attempt() == (502, "login_failed", None)
     assert await attempt() == (503, "login_backoff", "4")
-    assert login_count(sandbox) == 3
+    assert v2_logins(sandbox) == 3
     sandbox.state.login_status_override = None
     clock.advance(4.1)
     status, _, _ = await attempt()
@@ -350,6 +338,6 @@ async def test_allowed_hosts_lets_the_route_follow_server_url(
     trap.handler = handler
     sandbox.state.server_url_override = f"http://localhost:{trap.port}/saas"
     server = await make_proxy(routes=[iics_route(sandbox, allowed_hosts=["localhost"])])
-    status, body = await get_json(http, base(server, "/iics/saas/api/v2/agent"))
+    status, body, _ = await fetch(http, "GET", base(server, "/iics/saas/api/v2/agent"))
     assert status == 200
     assert isinstance(body, dict) and body["session"] in sandbox.state.iics_sessions

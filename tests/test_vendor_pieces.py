@@ -1,44 +1,29 @@
-"""The vendor-aware pieces against the sandbox over real sockets, before they are wired
-into the proxy: the throttle budget reads the sandbox's refusals, the probe reads its
-validSessionId, the OData rewrite handles its pages, and v3 products select by name."""
+"""The vendor-aware pieces on their own against the sandbox over real sockets: the
+throttle budget reads the sandbox's refusals, the probe reads its validSessionId, the
+OData rewrite handles its pages, and v3 products select by name. Through the proxy they
+are tested in test_vendor_forwarding.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Generator
-from typing import Any
 
 import aiohttp
 import pytest
+from helpers import DEMO, Responder, run_flow, sandbox_v2_login
 
 from proxy.core.errors import LoginFailed
 from proxy.flows.base import LoginRequest, LoginResponse
 from proxy.flows.iics import select_product, valid_session_probe
-from proxy.sandbox import ManualClock, RateLimit, Sandbox, SandboxState, run_sandbox
+from proxy.sandbox import ManualClock, RateLimit
 from proxy.upstream.limiter import ConcurrencyLimiter
 from proxy.upstream.odata import rewrite_links
 from proxy.upstream.throttle import ThrottlePolicy
 
 API_KEY = {"Authorization": "rest_api_key=demo-api-key"}
 PUBLIC = "http://127.0.0.1:8080/ivanti"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(start=1_750_000_000.25)
-
-
-@pytest.fixture
-async def sandbox(clock: ManualClock) -> AsyncIterator[Sandbox]:
-    async with run_sandbox(SandboxState(clock=clock)) as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+# A quarter past a whole second: Retry-After dates round up, the rest stays exact.
+CLOCK_START = 1_750_000_000.25
 
 
 async def get_with_retries(
@@ -95,7 +80,7 @@ async def test_a_route_cap_in_front_of_the_sandbox(sandbox, http):
         2, lambda message, after: RuntimeError(message), on_wait=waits.append
     )
     url = sandbox.urls.pod + "/saas/api/v2/slow?seconds=0.05"
-    session = await v2_login(http, sandbox)
+    session = await sandbox_v2_login(http, sandbox)
     inside = most = 0
 
     async def client() -> int:
@@ -114,60 +99,52 @@ async def test_a_route_cap_in_front_of_the_sandbox(sandbox, http):
     assert len(sandbox.state.requests_to("/saas/api/v2/slow")) == 6
 
 
-async def v2_login(http: aiohttp.ClientSession, sandbox: Sandbox) -> str:
-    body = {"username": "demo", "password": "demo-password"}
-    async with http.post(sandbox.urls.login + "/ma/api/v2/user/login", json=body) as response:
-        session_id: str = (await response.json())["icSessionId"]
-    return session_id
+def over_http(http: aiohttp.ClientSession) -> Responder:
+    """Answer a flow's call by making it; a transport error is a ``LoginFailed``."""
 
-
-async def drive(http: aiohttp.ClientSession, gen: Generator[Any, Any, Any]) -> Any:
-    """Perform a flow step's calls over HTTP; a transport error is thrown into it."""
-    step = next(gen)
-    while True:
-        assert isinstance(step, LoginRequest)
+    async def call(request: LoginRequest) -> LoginResponse:
         try:
             async with http.request(
-                step.method, step.url, headers=dict(step.headers), data=step.body
+                request.method, request.url, headers=dict(request.headers), data=request.body
             ) as response:
-                reply = LoginResponse(
-                    response.status, response.headers, await response.read(), str(response.url)
-                )
+                body = await response.read()
+                return LoginResponse(response.status, response.headers, body, str(response.url))
         except aiohttp.ClientError:
-            failure = LoginFailed(f"the {step.purpose} call failed")
-            try:
-                step = gen.throw(failure)
-            except StopIteration as stop:
-                return stop.value
-            continue
-        try:
-            step = gen.send(reply)
-        except StopIteration as stop:
-            return stop.value
+            raise LoginFailed(f"the {request.purpose} call failed") from None
+
+    return call
 
 
 async def test_the_probe_learns_the_sandbox_org_timeout(sandbox, http):
     sandbox.state.iics_idle_timeout = 300
-    session_id = await v2_login(http, sandbox)
+    session_id = await sandbox_v2_login(http, sandbox)
     server_url = sandbox.urls.pod + "/saas"
-    assert await drive(http, valid_session_probe(server_url, "demo", session_id)) == 300
-    assert await drive(http, valid_session_probe(server_url, "demo", "expired")) is None
+    probe = valid_session_probe(server_url, "demo", session_id)
+    assert await run_flow(probe, over_http(http)) == 300
+    probe = valid_session_probe(server_url, "demo", "expired")
+    assert await run_flow(probe, over_http(http)) is None
 
 
 async def test_the_probe_survives_a_throttled_or_unreachable_vendor(sandbox, http):
-    session_id = await v2_login(http, sandbox)
+    session_id = await sandbox_v2_login(http, sandbox)
     sandbox.state.rate_limits["iics-pod"] = RateLimit(refuse_next=1)
     server_url = sandbox.urls.pod + "/saas"
-    assert await drive(http, valid_session_probe(server_url, "demo", session_id)) is None
-    unreachable = "http://127.0.0.1:9/saas"  # discard port: connection refused
-    assert await drive(http, valid_session_probe(unreachable, "demo", session_id)) is None
+    probe = valid_session_probe(server_url, "demo", session_id)
+    assert await run_flow(probe, over_http(http)) is None
+    # drive() lets a failed call out of the loop instead of throwing it into the flow,
+    # so the one call is made here and its failure thrown into the probe.
+    probe = valid_session_probe("http://127.0.0.1:9/saas", "demo", session_id)  # refused
+    with pytest.raises(LoginFailed) as failed:
+        await over_http(http)(next(probe))
+    with pytest.raises(StopIteration) as stop:
+        probe.throw(failed.value)
+    assert stop.value.value is None
 
 
 async def test_v3_products_from_the_sandbox_select_by_name(sandbox, http):
     sandbox.state.iics_products = {"Integration Cloud": None, "CDGC": "https://cdgc.example"}
     url = sandbox.urls.login + "/saas/public/core/v3/login"
-    body = {"username": "demo", "password": "demo-password"}
-    async with http.post(url, json=body) as response:
+    async with http.post(url, json=DEMO) as response:
         products = (await response.json())["products"]
     assert select_product(products, "cdgc") == "https://cdgc.example"
     assert select_product(products, None) == sandbox.urls.pod + "/saas"

@@ -10,8 +10,7 @@ import os
 import signal
 from pathlib import Path
 
-import aiohttp
-from helpers import Served, iics_route, wait_for, write_config
+from helpers import Served, ServeRoutes, iics_route, outcome, wait_for
 
 from proxy.sandbox import Sandbox
 
@@ -20,39 +19,17 @@ AGENT = "/iics/saas/api/v2/agent"
 
 async def statuses(served: Served, count: int) -> list[tuple[int, str]]:
     """``count`` requests, each on a new connection so the kernel spreads them."""
-    out = []
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        for _ in range(count):
-            async with http.get(served.url(AGENT)) as resp:
-                out.append((resp.status, resp.headers.get("X-Auth-Proxy-Error", "")))
-    return out
+    return [await outcome(served.url(AGENT)) for _ in range(count)]
 
 
 def workers_that_answered(served: Served) -> set[int]:
     return {e["worker"] for e in served.events() if e["event"] == "request"}
 
 
-async def start(sandbox: Sandbox, serve_process, tmp_path: Path, port: int, **auth) -> Served:
-    config = tmp_path / "config.yaml"
-    write_config(
-        config,
-        [iics_route(sandbox, **auth)],
-        workers=2,
-        listen={"host": "127.0.0.1", "port": port},
-    )
-    served = await serve_process(config, port)
-    await wait_for(
-        lambda: len([e for e in served.events() if e["event"] == "listening"]) == 2,
-        what="both workers listening",
-    )
-    return served
-
-
 async def test_two_workers_serve_the_port_each_with_its_own_session(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes
 ) -> None:
-    served = await start(sandbox, serve_process, tmp_path, unused_tcp_port)
+    served = await serve_routes([iics_route(sandbox)], workers=2)
     results = await statuses(served, 40)
     assert results == [(200, "")] * 40
     assert workers_that_answered(served) == {0, 1}
@@ -63,9 +40,9 @@ async def test_two_workers_serve_the_port_each_with_its_own_session(
 
 
 async def test_a_rejected_login_in_one_worker_stops_the_other(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes
 ) -> None:
-    served = await start(sandbox, serve_process, tmp_path, unused_tcp_port, password="wrong")
+    served = await serve_routes([iics_route(sandbox, password="wrong")], workers=2)
     results = await statuses(served, 40)
     assert set(results) == {(502, "login_rejected")}
     assert workers_that_answered(served) == {0, 1}
@@ -73,30 +50,23 @@ async def test_a_rejected_login_in_one_worker_stops_the_other(
 
 
 async def test_sighup_reloads_every_worker_and_a_dead_worker_is_replaced(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes
 ) -> None:
-    served = await start(sandbox, serve_process, tmp_path, unused_tcp_port)
+    served = await serve_routes([iics_route(sandbox)], workers=2)
     served.proc.send_signal(signal.SIGHUP)
-    await wait_for(
-        lambda: len([e for e in served.events() if e["event"] == "config_reloaded"]) == 2,
-        what="both workers reloaded",
-    )
+    await wait_for(lambda: served.count("config_reloaded") == 2, what="both workers reloaded")
     victim = next(e["pid"] for e in served.events() if e["event"] == "listening")
     os.kill(victim, signal.SIGKILL)
-    await wait_for(
-        lambda: len([e for e in served.events() if e["event"] == "listening"]) == 3,
-        timeout=10,
-        what="a replacement worker",
-    )
+    await wait_for(lambda: served.count("listening") == 3, timeout=10, what="a replacement worker")
     assert await asyncio.wait_for(statuses(served, 10), 20) == [(200, "")] * 10
     served.proc.send_signal(signal.SIGTERM)
     await served.finish()
 
 
 async def test_workers_exit_when_the_supervisor_is_killed(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, serve_routes: ServeRoutes
 ) -> None:
-    served = await start(sandbox, serve_process, tmp_path, unused_tcp_port)
+    served = await serve_routes([iics_route(sandbox)], workers=2)
     pids = [e["pid"] for e in served.events() if e["event"] == "listening"]
     served.proc.kill()  # SIGKILL: no chance to forward anything
     served.proc.wait()

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from proxy.cli.run import local_address
 from proxy.config import Config
 from proxy.core.errors import ProxyError
 
@@ -27,12 +28,9 @@ class AdminCallError(Exception):
 
 def post_admin(config: Config, path: str) -> dict[str, Any]:
     """``POST path`` to the proxy ``config`` describes; its JSON answer."""
-    host, port = config.listen.host, config.listen.port
-    if port == 0:
+    where = local_address(config)
+    if where is None:
         raise AdminCallError("listen.port is 0 (any free port): no fixed address")
-    if host in ("0.0.0.0", "::", ""):  # listening everywhere: loopback reaches it too
-        host = "::1" if host == "::" else "127.0.0.1"
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     headers = {"X-Auth-Proxy": "1"}  # state-changing endpoints refuse requests without it
     if config.client_auth is not None:
         try:

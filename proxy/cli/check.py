@@ -1,5 +1,7 @@
-"""``auth-proxy check``: validate the config and print its routes (secrets masked); with
-``--login``, log each route in once and report what the login found.
+"""``auth-proxy check``: validate the config, run the start-up checks ``serve`` runs
+(``server/preflight.py``: client auth beyond loopback, every secret source, the CA and
+state directories, the ports), and print the routes (secrets masked); with ``--login``, log
+each route in once and report what the login found. ``--json``: one document on stdout.
 
 The login check goes through the same session manager and flows as serving does (a ``ProxyServer``
 that never listens), so a route that passes here logs in the same way under load. The
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +20,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from proxy.cli.run import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, install_uvloop
-from proxy.config import SESSION_TUNING_KEYS, Config
+from proxy.config import SESSION_TUNING_KEYS, Config, ConfigError, Route, default_config_path
+from proxy.config.load import load_config
 from proxy.core.errors import ProxyError
 from proxy.core.secrets import Secret
 from proxy.ops.logs import REDACTOR, setup_logging
 from proxy.server.app import ProxyServer
+from proxy.server.preflight import preflight
 
 
 @dataclass(slots=True)
@@ -88,28 +93,92 @@ def failure_lines(reports: list[LoginReport]) -> list[str]:
     ]
 
 
-def check_command(config: Config, login: list[str] | None) -> int:
-    for line in describe_routes(config):
-        print(line)
+def check_command(config_arg: str | None, login: list[str] | None, *, as_json: bool = False) -> int:
+    """Load the config, run serve's start-up checks, print the routes; with ``login``, log in."""
+    path = default_config_path(config_arg)
+    out: dict[str, Any] = {"config": str(path)}
+    try:
+        config = load_config(path)
+        problems = preflight(config)
+    except ConfigError as exc:
+        problems = list(exc.lines)
+    if problems:
+        return _refused(out, problems, as_json)
+    out["listen"] = [f"{host}:{port}" for host, port, _route in config.listeners()]
+    out["routes"] = [_route_json(route) for route in config.routes]
+    if not as_json:
+        for line in describe_routes(config):
+            print(line)
     if login is None:
-        return EXIT_OK
+        return _done(out, EXIT_OK, as_json)
     names = list(dict.fromkeys(login)) or [route.name for route in config.routes]
     unknown = [n for n in names if n not in {route.name for route in config.routes}]
     if unknown:
         known = ", ".join(route.name for route in config.routes)
-        print(f"auth-proxy: unknown route {', '.join(unknown)} (routes: {known})", file=sys.stderr)
-        return EXIT_USAGE
+        line = f"--login: unknown route {', '.join(unknown)} (routes: {known})"
+        return _refused(out, [line], as_json)
     # Log lines would break the table: only errors, and to stderr.
     setup_logging("error", "console", stream=sys.stderr)
     install_uvloop()
     reports = asyncio.run(check_logins(config, names))
+    failures = failure_lines(reports)
+    code = EXIT_RUNTIME if failures else EXIT_OK
+    if as_json:
+        out["logins"] = [_login_json(r) for r in reports]
+        return _done(out, code, as_json)
     print()
     for line in report_table(reports):
         print(line)
-    failures = failure_lines(reports)
     for line in failures:
         print(f"auth-proxy: {line}", file=sys.stderr)
-    return EXIT_RUNTIME if failures else EXIT_OK
+    return code
+
+
+def _refused(out: dict[str, Any], problems: list[str], as_json: bool) -> int:
+    """Exit 2 with one problem per line (or per JSON object), each naming its key."""
+    if not as_json:
+        for line in problems:
+            print(f"auth-proxy: config error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    out["problems"] = [
+        dict(zip(("key", "message"), p.split(": ", 1), strict=False)) for p in problems
+    ]
+    return _done(out, EXIT_USAGE, as_json)
+
+
+def _done(out: dict[str, Any], code: int, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": code == EXIT_OK, **out}, indent=2))
+    return code
+
+
+def _route_json(route: Route) -> dict[str, Any]:
+    m = route.match
+    match: dict[str, Any] = (
+        {"prefix": m.prefix}
+        if m.prefix
+        else {"host": list(m.host)}
+        if m.host
+        else {"listen": f"{m.listen.host or ''}:{m.listen.port}"}
+        if m.listen
+        else {}
+    )
+    return {"name": route.name, "match": match, "auth": dict(_fields(route.auth))}
+
+
+def _login_json(report: LoginReport) -> dict[str, Any]:
+    error = report.error
+    return {
+        "route": report.route,
+        "type": report.auth_type,
+        "ok": error is None,
+        "upstream": report.upstream,
+        "org": report.org,
+        "expires_at": None if report.expires_at is None else _iso(report.expires_at),
+        "error": None
+        if error is None
+        else {"code": error.code, "message": REDACTOR.text(error.message)},
+    }
 
 
 def describe_routes(config: Config) -> list[str]:

@@ -1,6 +1,6 @@
 """``auth-proxy demo``: the sandbox plus a proxy in front of it, and curl lines that work.
 
-``--forward-proxy`` shows forward-proxy mode instead (SPEC §9): the sandbox serves TLS
+``--forward-proxy`` shows forward-proxy mode instead: the sandbox serves TLS
 under the vendor's own names (a throwaway CA, trusted by the proxy through
 ``ca_bundle``; ``upstream.resolve`` sends the names to loopback), and the printed
 commands reach it through the proxy with the real ``https://dm-us.informaticacloud.com``

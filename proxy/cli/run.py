@@ -1,13 +1,16 @@
-"""What every command shares: exit codes, loading the config, running a coroutine."""
+"""What every command shares: exit codes, loading the config, running a coroutine, signals."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from proxy.config import Config, default_config_path
+from proxy.config import Config, ConfigError, default_config_path
 from proxy.config.load import load_config
+from proxy.server.listeners import bind_problem, probe_bind
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -16,11 +19,64 @@ def load(path: str | None) -> Config:
     return load_config(default_config_path(path))
 
 
-def run(coro: Any) -> int:
+def local_address(config: Config) -> str | None:
+    """``host:port`` where this machine reaches the main listener (None: any free port)."""
+    host, port = config.listen.host, config.listen.port
+    if port == 0:
+        return None
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: loopback reaches it too
+        host = "::1" if host == "::" else "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def require_free(flag: str, first: int, count: int = 1, host: str = "127.0.0.1") -> None:
+    """Refuse, naming ``flag``, when a port from ``first`` on cannot be listened on (0: the
+    system picks free ones)."""
+    for port in range(first, first + count) if first else ():
+        if error := probe_bind(host, port):
+            raise ConfigError(
+                f"{flag}: {host}:{port} {bind_problem(error, host)}; choose another with {flag}"
+            )
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> int:
+    """Run ``coro`` until it returns, or until SIGTERM or Ctrl-C cancel it (exit 0)."""
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        return int(asyncio.run(coro) or 0)
+        return int(asyncio.run(_until_stopped(coro)) or 0)
     return EXIT_OK
+
+
+async def _until_stopped(coro: Coroutine[Any, Any, Any]) -> Any:
+    task = asyncio.ensure_future(coro)
+    on_stop_signals(lambda _sig: task.cancel())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return EXIT_OK
+
+
+def on_stop_signals(
+    stop: Callable[[signal.Signals], object], reload: Callable[[], object] | None = None
+) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT, ``reload`` on SIGHUP, in the running loop.
+
+    SIGTERM needs a handler: as PID 1 in a container, a signal without one is ignored, and
+    the container is killed after its grace period. Windows has no SIGHUP (reload through
+    ``POST /-/reload`` there) and its event loops no ``add_signal_handler``: a plain
+    handler hands the signal to the loop instead.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop, sig)
+        except NotImplementedError:
+            signal.signal(
+                sig, lambda num, _frame: loop.call_soon_threadsafe(stop, signal.Signals(num))
+            )
+    sighup = getattr(signal, "SIGHUP", None)
+    if reload is not None and sighup is not None:
+        loop.add_signal_handler(sighup, reload)
 
 
 def install_uvloop() -> None:

@@ -12,28 +12,31 @@ from pathlib import Path
 
 import structlog
 
-from proxy.cli.run import EXIT_OK, install_uvloop, run
-from proxy.config import Config
-from proxy.config.store import SessionStore as StoreSettings
+from proxy.cli.run import EXIT_OK, install_uvloop, on_stop_signals, run
+from proxy.config import Config, default_config_path
+from proxy.config import SessionStore as StoreSettings
+from proxy.config.load import load_config
 from proxy.ops.logs import setup_logging
 from proxy.server.app import ProxyServer
 from proxy.server.listeners import Sockets
-from proxy.server.startup import check_startup
+from proxy.server.preflight import check_preflight
 from proxy.server.supervisor import Supervisor
 from proxy.sessions.stores import effective_settings
 
 
-def serve_command(config: Config, config_path: Path | None = None) -> int:
-    check_startup(config)
+def serve_command(config_arg: str | None) -> int:
+    config_path = default_config_path(config_arg)
+    config = load_config(config_path)
+    check_preflight(config)  # the same checks as `auth-proxy check`
     setup_logging(config.log.level, config.log.format)
     if config.workers > 1:
         # Decided once, before the workers start: a store that cannot be opened stops
         # the start, and an unusable default location is reported once.
-        settings = asyncio.run(effective_settings(config.session_store, time.time))
-        # Sessions in memory are per worker; their login verdicts are still shared.
-        run_dir = (
-            Path(tempfile.mkdtemp(prefix="auth-proxy-run-")) if settings.type == "memory" else None
+        settings = asyncio.run(
+            effective_settings(config.session_store, time.time, config.state_dir)
         )
+        # Sessions in memory are per worker; their login verdicts are still shared.
+        run_dir = _run_directory(config.state_dir) if settings.type == "memory" else None
 
         def worker(sockets: Sockets) -> int:
             install_uvloop()
@@ -60,17 +63,23 @@ async def serve(
     server = ProxyServer(config, config_path=config_path, store_settings=store, run_dir=run_dir)
     await server.start(sockets)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         structlog.get_logger("auth_proxy").info("shutting_down", signal=sig.name)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGHUP, server.schedule_reload)
+    on_stop_signals(on_signal, server.schedule_reload)
     try:
         await stop.wait()
     finally:
         await server.stop()
     return EXIT_OK
+
+
+def _run_directory(state_dir: str | None) -> Path:
+    """A fresh directory for this run's shared verdicts: in the state directory (a
+    container's writable volume, where the rest of the file system may be read-only),
+    else in the system's temporary directory."""
+    if state_dir is not None:
+        Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="auth-proxy-run-", dir=state_dir))

@@ -1,18 +1,17 @@
 """``session_store``: where vendor sessions, login leases and login verdicts are kept.
 
-``local`` (the default): an embedded store in a state directory, shared by every worker
-and surviving restarts. ``memory``: per process and per route, as before there was a
-store. ``redis``: shared by every replica.
+``local`` (the default): an embedded store in a state directory (``<state_dir>/sessions``
+when ``state_dir`` is set), shared by every worker and surviving restarts. ``memory``: per
+process and per route, as before there was a store. ``redis``: shared by every replica.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from proxy.config import SecretField
+from proxy.config.fields import SecretField, StrictModel, resolve_path
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -31,11 +30,10 @@ def _only_for(kind: str, key: str) -> Any:
     return field_validator(key)(check)
 
 
-class SessionStore(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
+class SessionStore(StrictModel):
     type: Literal["local", "memory", "redis"] = "local"
-    path: str | None = None  # local; default: $XDG_STATE_HOME/auth-proxy
+    # local; default: <state_dir>/sessions, else $XDG_STATE_HOME/auth-proxy
+    path: str | None = None
     url: str | None = Field(default=None, validate_default=True)  # redis
     key_prefix: str = Field(default="auth-proxy:", min_length=1)
     password: SecretField | None = None  # redis
@@ -47,14 +45,7 @@ class SessionStore(BaseModel):
 
     _password = _only_for("redis", "password")
     _path_type = _only_for("local", "path")
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        base = (info.context or {}).get("base_dir", ".")
-        return os.path.abspath(os.path.join(base, value))
+    _path = field_validator("path")(resolve_path)
 
     @field_validator("url")
     @classmethod

@@ -7,6 +7,7 @@ advance it instead of sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 
@@ -15,6 +16,9 @@ class Clock:
 
     def now(self) -> float:
         return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class ManualClock(Clock):
@@ -28,3 +32,8 @@ class ManualClock(Clock):
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Time passes at once: a test sees exactly how long the proxy chose to wait."""
+        self._now += seconds
+        await asyncio.sleep(0)

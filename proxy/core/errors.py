@@ -1,4 +1,5 @@
-"""The one family of errors the proxy answers with, and their HTTP form (SPEC §7).
+"""The one family of errors the proxy answers with, and their HTTP form (the README:
+"Errors from the proxy").
 
 Every failure a client can observe is a ``ProxyError``: a stable code, the HTTP status
 that goes with it, and one sentence a user can act on. Messages never carry secrets:
@@ -22,12 +23,13 @@ STATUS_BY_CODE: dict[str, int] = {
     "bad_request": 400,
     "method_not_allowed": 405,
     "draining": 503,
+    "route_busy": 503,
     "client_aborted": 499,  # nginx's convention; never sent, the client has gone
 }
 
 
 class ProxyError(Exception):
-    """An error answered to the client in the SPEC §7 format."""
+    """An error answered to the client as ``{"error": {"code", "message", "route"}}``."""
 
     code = "internal"
 
@@ -110,6 +112,12 @@ class UpstreamTimeout(ProxyError):
 
 class Draining(ProxyError):
     code = "draining"
+
+
+class RouteBusy(ProxyError):
+    """The route's ``max_concurrent`` requests are at the vendor and the queue wait ran out."""
+
+    code = "route_busy"
 
 
 class ClientAborted(ProxyError):

@@ -4,8 +4,9 @@ A flow's ``login()`` is a generator in the style of httpx's ``auth_flow``: it yi
 ``Secret`` when it needs a credential (the driver resolves it and sends the value back),
 or a ``LoginRequest`` when it needs an HTTP call (the driver performs it and sends back a
 ``LoginResponse``), and finally returns a ``Session``. Protocol logic therefore stays
-testable by feeding it responses, and the driver in ``proxy.sessions.manager`` owns all I/O,
-timeouts and single-flight rules.
+testable by feeding it responses: ``proxy.flows.driver`` runs a flow with the I/O it is
+given, and the session manager, which gives it real I/O, owns timeouts and single-flight
+rules.
 
 Flows raise ``LoginRejected`` when the vendor refused the credentials (never retried:
 accounts lock) and ``LoginFailed`` when the answer was unusable (retried with backoff).
@@ -106,7 +107,8 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class Emulated:
-    """The proxy's own answer to a client's login/logout call (SPEC §6)."""
+    """The proxy's own answer to a client's login/logout call (the README: "Tools that log
+    in by themselves")."""
 
     status: int
     body: Any  # JSON-serialisable; None for an empty body
@@ -136,17 +138,20 @@ class Flow:
         """Renew a session that is about to end. Default: a fresh login."""
         return self.login()
 
+    def org_idle_timeout(self, session: Session) -> Generator[Step, Reply, float | None]:
+        """The idle timeout the vendor applies to ``session``, if it can say; never raises.
+
+        Default: unknown, without asking.
+        """
+        return None
+        yield  # a generator that asks nothing
+
     def logout(self, session: Session) -> LoginRequest | None:
         """The vendor call that ends ``session``, if the vendor has one."""
         return None
 
-    @property
-    def login_origin(self) -> str | None:
-        """The configured login host, if the flow has one (for login emulation/admin)."""
-        return None
-
     #: client paths (after the route prefix) the proxy answers itself: route key → kind.
-    #: Keys are route keys (``proxy.paths.route_key``: lowercase, no trailing slash), as
+    #: Keys are route keys (``proxy.server.paths.route_key``: lowercase, no trailing slash), as
     #: requests are matched however the vendor may read their path.
     emulated_paths: ClassVar[dict[str, str]] = {}
 
@@ -186,6 +191,11 @@ def json_body(data: Any) -> bytes:
 
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+def logout_call(url: str, header: str, session_id: str) -> LoginRequest:
+    """A JSON ``POST`` to ``url`` that ends the session sent in ``header``."""
+    return LoginRequest("POST", url, {**JSON_HEADERS, header: session_id}, purpose="logout")
 
 
 def vendor_error_text(response: LoginResponse) -> str:
@@ -330,7 +340,8 @@ def host_of(url: str) -> str:
 
 
 def trust_upstream(url: str, login_url: str, allowed_hosts: tuple[str, ...]) -> UsableUrl:
-    """``url`` as the client will use it, if the route may follow it (SPEC §5 SSRF guard).
+    """``url`` as the client will use it, if the route may follow it: the SSRF guard (the
+    README: "Sessions and lockout safety").
 
     Trusted: the login host, a subdomain of it (unless it is an IP address, which has
     none), or a host in ``allowed_hosts`` (``*.name`` patterns allowed). Ports are ignored.

@@ -8,22 +8,26 @@ answers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
+from typing import TypeVar
 
 from proxy.core.secrets import Secret
-from proxy.flows.base import FlowGen, LoginRequest, LoginResponse, Reply, Session
+from proxy.flows.base import LoginRequest, LoginResponse, Reply, Step
 
 SecretSource = Callable[[Secret], Awaitable[str]]
 Caller = Callable[[LoginRequest], Awaitable[LoginResponse]]
 
 
-async def drive(gen: FlowGen, *, secret: SecretSource, call: Caller) -> Session:
-    """Feed ``gen`` until it returns its session; its exceptions pass through."""
+T = TypeVar("T")
+
+
+async def drive(gen: Generator[Step, Reply, T], *, secret: SecretSource, call: Caller) -> T:
+    """Feed ``gen`` until it returns (a flow: its session); its exceptions pass through."""
     reply: Reply | None = None
     try:
         while True:
             step = gen.send(reply) if reply is not None else next(gen)
             reply = await secret(step) if isinstance(step, Secret) else await call(step)
     except StopIteration as stop:
-        session: Session = stop.value
-        return session
+        result: T = stop.value
+        return result

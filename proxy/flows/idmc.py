@@ -1,4 +1,4 @@
-"""IDMC identity-service session plus a minted JWT (protocols.md §4), for CDGC and kin.
+"""IDMC identity-service session plus a minted JWT, for CDGC and kin.
 
 Two clocks: the identity-service session ends at ``sessionExpireTime`` (``hard_expiry``,
 not sliding), and the JWT minted from it lives 30 minutes (``token_expiry``). The
@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 from proxy.config import IdmcJwtAuth
 from proxy.core.errors import LoginFailed
 from proxy.flows.base import (
-    JSON_HEADERS,
     Flow,
     FlowGen,
     LoginRequest,
@@ -24,6 +23,7 @@ from proxy.flows.base import (
     call,
     check_login,
     jwt_claims,
+    logout_call,
     post_json,
     require_str,
     secret,
@@ -73,12 +73,8 @@ class IdmcJwtFlow(Flow):
         )
 
     def logout(self, session: Session) -> LoginRequest:
-        return LoginRequest(
-            "POST",
-            f"{self.login_origin}/identity-service/api/v1/Logout",
-            {**JSON_HEADERS, "IDS-SESSION-ID": session.data["session_id"]},
-            purpose="logout",
-        )
+        url = f"{self.login_origin}/identity-service/api/v1/Logout"
+        return logout_call(url, "IDS-SESSION-ID", session.data["session_id"])
 
     def _mint_request(self, session_id: str) -> LoginRequest:
         # The nonce is mandatory (IDS_345 without it) and fresh per call.

@@ -1,4 +1,4 @@
-"""Informatica IICS logins (protocols.md §2, §3, §5): v2 password, v3, SAML, OAuth, Salesforce.
+"""Informatica IICS logins: v2 password, v3, SAML, OAuth, Salesforce.
 
 Every IICS flow ends in the same kind of session: one id injected as ``icSessionId``,
 ``INFA-SESSION-ID`` and ``IDS-SESSION-ID``; the upstream is the origin of ``serverUrl``
@@ -37,6 +37,7 @@ from proxy.flows.base import (
     Step,
     json_body,
     jwt_exp,
+    logout_call,
     post_json,
     require_str,
     secret,
@@ -169,14 +170,15 @@ class IicsFlow(Flow):
         server_url = require_str(user, "serverUrl", what)
         return self.session_from(session_id, server_url, user)
 
+    def token_login(self, endpoint: str, field: str, token: str, what: str) -> FlowGen:
+        """A v2 login with a single-use ``token`` for the org, masked with the session."""
+        body = {field: token, "orgId": self.auth.org_id}
+        session = yield from self.v2_login(endpoint, body, what)
+        return with_secrets(session, token)
+
     def logout(self, session: Session) -> LoginRequest:
-        sid = session.data["session_id"]
-        return LoginRequest(
-            "POST",
-            f"{session.data['server_url'].rstrip('/')}/api/v2/user/logout",
-            {**JSON_HEADERS, "icSessionId": sid},
-            purpose="logout",
-        )
+        url = f"{session.data['server_url'].rstrip('/')}/api/v2/user/logout"
+        return logout_call(url, "icSessionId", session.data["session_id"])
 
 
 class IicsPasswordFlow(IicsFlow):
@@ -207,16 +209,12 @@ class IicsPasswordV3Flow(IicsFlow):
         if not isinstance(user, dict):
             raise LoginFailed(f"{what} answer has no userInfo")
         session_id = require_str(user, "sessionId", what)
-        base_api_url = select_product(data.get("products"), None, what)
+        base_api_url = select_product(data.get("products"), self.auth.product, what)
         return self.session_from(session_id, base_api_url, user)
 
     def logout(self, session: Session) -> LoginRequest:
-        return LoginRequest(
-            "POST",
-            f"{self.login_origin}/saas/public/core/v3/logout",
-            {**JSON_HEADERS, "INFA-SESSION-ID": session.data["session_id"]},
-            purpose="logout",
-        )
+        url = f"{self.login_origin}/saas/public/core/v3/logout"
+        return logout_call(url, "INFA-SESSION-ID", session.data["session_id"])
 
 
 class IicsSamlFlow(IicsFlow):
@@ -227,8 +225,7 @@ class IicsSamlFlow(IicsFlow):
 
     def login(self) -> FlowGen:
         token = yield from secret(self.auth.saml_token)
-        body = {"samlToken": token, "orgId": self.auth.org_id}
-        return (yield from self.v2_login("loginSaml", body, "IICS SAML login"))
+        return (yield from self.token_login("loginSaml", "samlToken", token, "IICS SAML login"))
 
 
 class IicsOAuthFlow(IicsFlow):
@@ -243,9 +240,7 @@ class IicsOAuthFlow(IicsFlow):
         else:
             assert self.auth.client_credentials is not None  # config: exactly one source
             token = yield from client_credentials_token(self.auth.client_credentials)
-        body = {"oauthToken": token, "orgId": self.auth.org_id}
-        session = yield from self.v2_login("loginOAuth", body, "IICS OAuth login")
-        return with_secrets(session, token)
+        return (yield from self.token_login("loginOAuth", "oauthToken", token, "IICS OAuth login"))
 
 
 class IicsSalesforceFlow(IicsFlow):

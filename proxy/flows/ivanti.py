@@ -1,4 +1,4 @@
-"""Ivanti Service Manager (protocols.md §7): REST API keys and session logins."""
+"""Ivanti Service Manager: REST API keys and session logins."""
 
 from __future__ import annotations
 

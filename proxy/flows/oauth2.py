@@ -1,7 +1,7 @@
 """OAuth 2.0 client-credentials grant (RFC 6749 §4.4), as a sub-flow of other logins.
 
 ``loginOAuth`` takes a single-use JWT, so this runs on every IICS login: no token is
-cached or reused (protocols.md §6).
+cached or reused.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Salesforce SOAP ``login()`` (protocols.md §5.4), as the first step of IICS ``loginSf``.
+"""Salesforce SOAP ``login()``, as the first step of IICS ``loginSf``.
 
 A legacy path: ``login()`` is gone from API 65.0 on and retires for older versions in
 Summer '27, so the config caps ``api_version`` at 64.0.

@@ -1,4 +1,5 @@
-"""Logging: structlog to stdout, JSON lines by default, with secrets masked (SPEC §8).
+"""Logging: structlog to stdout, JSON lines by default, with secrets masked (the README:
+"Logs").
 
 Every event passes through ``Redactor`` last before rendering: values of known secret
 keys, auth headers and query parameters are masked, and any secret value in use

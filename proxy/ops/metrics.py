@@ -1,4 +1,4 @@
-"""Prometheus metrics, one registry per ``ProxyServer`` (SPEC §8).
+"""Prometheus metrics, one registry per ``ProxyServer`` (the README: "Metrics").
 
 The request path makes one call per request (``Metrics.request``): the labelled children
 for a route are created once, when a config is built, so a request costs a dictionary
@@ -21,6 +21,7 @@ UNROUTED = ""  # the route label of requests that matched no route
 
 # Proxied calls include slow exports and long polls; logins are seconds at most.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+QUEUE_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
 LOGIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 # Session store operations: a local SQLite write or a Redis round trip is milliseconds; a
 # "flight" (waiting for a login, this process's or another's) takes as long as the login.
@@ -34,6 +35,7 @@ class SessionView(Protocol):
 
     state: str
     expires_at: float | None
+    logins_last_hour: int
 
 
 SessionSource = Callable[[], Iterable[tuple[str, SessionView]]]
@@ -62,18 +64,20 @@ class SessionCollector:
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        active, expiry = self._families()
+        active, expiry, logins = self._families()
         now = self._now()
         for route, status in self._sessions():
             live = status.state == "active"
             active.add_metric([route], 1.0 if live else 0.0)
             if live and status.expires_at is not None:
                 expiry.add_metric([route], max(0.0, status.expires_at - now))
+            logins.add_metric([route], float(status.logins_last_hour))
         yield active
         yield expiry
+        yield logins
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "auth_proxy_sessions_active",
@@ -84,6 +88,13 @@ class SessionCollector:
                 "auth_proxy_session_expiry_seconds",
                 "Seconds until the route's session expires (idle timeout or token exp); "
                 "absent when the route has no session or it never expires.",
+                labels=["route"],
+            ),
+            GaugeMetricFamily(
+                "auth_proxy_logins_last_hour",
+                "Logins (not renewals) the route made in this process in the last hour (a "
+                "session taken from the store is another process's login): each may take a "
+                "vendor licence; more than its idle timeout explains is logged as a warning.",
                 labels=["route"],
             ),
         )
@@ -164,6 +175,32 @@ class Metrics:
             "1 if the last config load or reload succeeded, 0 if it failed.",
             registry=r,
         )
+        self.throttled_responses = Counter(
+            "auth_proxy_throttled_responses",
+            "Vendor answers that said 'too many requests' (429, or 503 with Retry-After), "
+            "by route and what the proxy did: retried, or passed the answer on.",
+            ["route", "action"],
+            registry=r,
+        )
+        self.preflight_renewals = Counter(
+            "auth_proxy_preflight_renewals",
+            "Sessions renewed before sending a body too large to replay after a 401.",
+            ["route"],
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "auth_proxy_route_queue_length",
+            "Requests waiting for one of the route's max_concurrent slots.",
+            ["route"],
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "auth_proxy_route_queue_wait_seconds",
+            "Time a request waited for a max_concurrent slot (0 when it did not queue).",
+            ["route"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
         r.register(SessionCollector(sessions, now))
         self._routes: dict[str, _RouteChildren] = {}
         self._unrouted = _RouteChildren(self, UNROUTED)
@@ -176,6 +213,17 @@ class Metrics:
                 self.logins.labels(name, "ok")
                 self.login_seconds.labels(name)
                 self.store_fallbacks.labels(name)
+
+    def throttled(self, route: str, retried: bool) -> None:
+        self.throttled_responses.labels(route, "retried" if retried else "passed_on").inc()
+
+    def preflight_renewal(self, route: str) -> None:
+        self.preflight_renewals.labels(route).inc()
+
+    def watch_queue(self, route: str, queued: Callable[[], int]) -> Callable[[float], None]:
+        """Export ``queued()`` as the route's queue length; the observer of its waits."""
+        self.queue_length.labels(route).set_function(lambda: float(queued()))
+        return self.queue_wait_seconds.labels(route).observe
 
     def request(self, route: str | None, status: int, seconds: float, replayed: bool) -> None:
         children = self._routes.get(route or UNROUTED, self._unrouted)

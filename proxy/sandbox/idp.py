@@ -1,8 +1,8 @@
 """Fake identity providers that feed the alternative IICS logins.
 
 * an OAuth2 token endpoint (RFC 6749 §4.4 client credentials) minting the single-use JWTs
-  that loginOAuth takes (protocols §6);
-* Salesforce's SOAP ``login()`` (protocols §5.4), whose session ids loginSf takes.
+  that loginOAuth takes;
+* Salesforce's SOAP ``login()``, whose session ids loginSf takes.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from proxy.sandbox.state import SandboxState, SandboxUrls, journal_middleware, random_id, sign_jwt
+from proxy.sandbox.appkit import add_handlers, journal_middleware, route
+from proxy.sandbox.state import SandboxState, SandboxUrls
+from proxy.sandbox.tokens import random_id, sign_jwt
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 _SF_FAULT = "urn:fault.partner.soap.sforce.com"
 _SF_PARTNER = "urn:partner.soap.sforce.com"
 _SF_ORG_ID = "00Dxx0000001gEH"
-# login() is gone from API 65.0 on (protocols §5.4).
+# Salesforce removed SOAP login() from API 65.0 on.
 _LAST_SOAP_LOGIN_VERSION = 64.0
 
 
@@ -92,6 +94,7 @@ class _IdentityProviders:
         self.state = state
         self.urls = urls
 
+    @route("POST", "/oauth2/token")
     async def oauth_token(self, request: web.Request) -> web.Response:
         if request.content_type != "application/x-www-form-urlencoded":
             return _oauth_error(400, "invalid_request", "Send application/x-www-form-urlencoded.")
@@ -153,6 +156,7 @@ class _IdentityProviders:
         self.state.issued_jtis.append(jti)
         return web.json_response(body, headers=_NO_STORE)
 
+    @route("POST", "/services/Soap/u/{version}")
     async def salesforce_login(self, request: web.Request) -> web.Response:
         version = request.match_info["version"]
         soap_action = request.headers.get("SOAPAction")
@@ -215,8 +219,6 @@ def _login_service(request: web.Request) -> str | None:
 
 
 def build_idp_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
-    idp = _IdentityProviders(state, urls)
     app = web.Application(middlewares=[journal_middleware(state, "idp", _login_service)])
-    app.router.add_post("/oauth2/token", idp.oauth_token)
-    app.router.add_post("/services/Soap/u/{version}", idp.salesforce_login)
+    add_handlers(app, _IdentityProviders(state, urls))
     return app

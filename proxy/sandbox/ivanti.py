@@ -1,4 +1,4 @@
-"""Fake Ivanti Service Manager tenant (protocols §7), at the root and under ``/HEAT``."""
+"""Fake Ivanti Service Manager tenant, at the root and under ``/HEAT``."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from proxy.sandbox.state import (
-    IvantiSession,
-    SandboxState,
-    SandboxUrls,
+from proxy.sandbox.appkit import (
+    add_handlers,
     journal_middleware,
-    random_id,
     read_json_object,
-    read_jwt,
     rejection_text,
-    sign_jwt,
+    route,
 )
+from proxy.sandbox.state import IvantiSession, SandboxState, SandboxUrls
+from proxy.sandbox.tokens import random_id, read_jwt, sign_jwt
 
 # On-prem installs serve the same API under /HEAT.
 _PREFIXES = ("", "/HEAT")
@@ -66,6 +64,7 @@ class _Tenant:
         self.state = state
         self.urls = urls
 
+    @route("POST", "/api/rest/authentication/login")
     async def login(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         if body is None:
@@ -96,7 +95,7 @@ class _Tenant:
         self.state.ivanti_sessions[key] = IvantiSession(
             key=key, username=username, role=user.role, last_used=now, expires_at=expires_at
         )
-        # The whole body is a bare JSON string, not an object (protocols §7.2).
+        # The whole body is a bare JSON string, not an object, as Ivanti answers.
         return web.json_response(key)
 
     def _is_authorized(self, request: web.Request) -> bool:
@@ -111,6 +110,7 @@ class _Tenant:
         # A raw session key; a JWT sent without "Bearer" is not accepted.
         return "#" in authorization and self.state.use_ivanti_session(authorization) is not None
 
+    @route("GET", "/api/odata/businessobject/{target}")
     async def business_object(self, request: web.Request) -> web.Response:
         if not self._is_authorized(request):
             return _unauthorized()
@@ -153,6 +153,7 @@ class _Tenant:
             body["@odata.nextLink"] = str(next_page)
         return web.json_response(body)
 
+    @route("GET", "/api/odata/$metadata")
     async def metadata(self, request: web.Request) -> web.Response:
         if not self._is_authorized(request):
             return _unauthorized()
@@ -164,7 +165,6 @@ def _prefix_of(request: web.Request) -> str:
 
 
 def build_ivanti_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
-    tenant = _Tenant(state, urls)
     app = web.Application(
         middlewares=[
             journal_middleware(
@@ -176,8 +176,5 @@ def build_ivanti_app(state: SandboxState, urls: SandboxUrls) -> web.Application:
             )
         ]
     )
-    for prefix in _PREFIXES:
-        app.router.add_post(f"{prefix}/api/rest/authentication/login", tenant.login)
-        app.router.add_get(f"{prefix}/api/odata/$metadata", tenant.metadata)
-        app.router.add_get(f"{prefix}/api/odata/businessobject/{{target}}", tenant.business_object)
+    add_handlers(app, _Tenant(state, urls), prefixes=_PREFIXES)
     return app

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.sandbox.cdgc import build_cdgc_app
 from proxy.sandbox.idp import build_idp_app
-from proxy.sandbox.iics import build_cdgc_app, build_login_app, build_pod_app
+from proxy.sandbox.iics_login import build_login_app
+from proxy.sandbox.iics_pod import build_pod_app
 from proxy.sandbox.ivanti import build_ivanti_app
 from proxy.sandbox.state import SandboxState, SandboxUrls
 

@@ -1,4 +1,4 @@
-"""The sandbox's whole mutable world, plus the small pieces every fake vendor app shares.
+"""The sandbox's whole mutable world: users, sessions, failure switches and journals.
 
 Tests run the sandbox in-process and read or change a ``SandboxState`` directly: they move
 its clock, expire sessions, flip failure switches, and assert on the journals of what the
@@ -7,28 +7,18 @@ its clock, expire sessions, flip failure switches, and assert on the journals of
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import math
 import secrets
-import string
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
 
 from proxy.core.clock import Clock
-
-JOURNAL_BODY_LIMIT = 64 * 1024
-"""Request bodies at or above this size (or of unknown size) are journaled as ``None``."""
+from proxy.sandbox.ratelimit import RateLimit
+from proxy.sandbox.tokens import random_id, sign_jwt
 
 
 @dataclass(frozen=True)
@@ -107,70 +97,6 @@ class IvantiSession:
     role: str
     last_used: float
     expires_at: float | None = None
-
-
-@dataclass
-class RateLimit:
-    """A vendor rate limit on one fake app, on while it sits in ``SandboxState.rate_limits``.
-
-    Both triggers are deterministic under a ``ManualClock``. ``refuse_next`` refuses that
-    many requests outright, each with ``Retry-After: retry_after`` (``None`` sends none),
-    then lets everything through. ``requests`` per ``per`` seconds is a token bucket on
-    the sandbox clock: it holds ``requests`` tokens, gains one every ``per / requests``
-    seconds, and a request finding it empty is refused with ``Retry-After`` saying when
-    the next token comes. Refusals answer ``status`` (429, or 503 as IICS also does); with
-    ``http_date`` the ``Retry-After`` is an HTTP-date on the sandbox clock. Login
-    endpoints are never limited. ``refused`` counts refusals.
-    """
-
-    refuse_next: int = 0
-    retry_after: float | None = 1.0
-    requests: int | None = None
-    per: float = 60.0
-    status: int = 429
-    http_date: bool = False
-    refused: int = 0
-    _full_at: float = field(default=-math.inf, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.requests is not None and (self.requests < 1 or self.per <= 0):
-            raise ValueError("a token bucket needs requests >= 1 and per > 0")
-        if self.status not in (429, 503):
-            raise ValueError(f"a rate limit answers 429 or 503, not {self.status}")
-
-    def refusal(self, now: float) -> web.Response | None:
-        """The throttle answer to a request arriving at ``now``, or ``None`` to serve it."""
-        if self.refuse_next > 0:
-            self.refuse_next -= 1
-            wait: float | None = self.retry_after
-        else:
-            wait = self._bucket_wait(now)
-            if wait == 0:
-                return None
-        self.refused += 1
-        headers: dict[str, str] = {}
-        if wait is not None:
-            # Whole seconds, rounded up: coming back at the time said must succeed.
-            if self.http_date:
-                headers["Retry-After"] = formatdate(math.ceil(now + wait), usegmt=True)
-            else:
-                headers["Retry-After"] = str(math.ceil(wait))
-        body = {"error": {"code": "RATE_LIMITED", "message": "Too many requests."}}
-        return web.json_response(body, status=self.status, headers=headers)
-
-    def _bucket_wait(self, now: float) -> float:
-        """Take a token: 0 if there was one, else the seconds until the next one."""
-        if self.requests is None:
-            return 0
-        # Kept as GCRA, the same bucket by another bookkeeping: one "full again" time
-        # moved by whole intervals, so that a ManualClock's steps land exactly on them.
-        interval = self.per / self.requests
-        full_at = max(self._full_at, now)
-        early = full_at - now - (self.requests - 1) * interval
-        if early > 0:
-            return early
-        self._full_at = full_at + interval
-        return 0
 
 
 def _default_iics_users() -> dict[str, IicsUser]:
@@ -353,127 +279,3 @@ class SandboxState:
             return None
         session.last_used = now
         return session
-
-
-def random_id(length: int, alphabet: str = string.ascii_letters + string.digits) -> str:
-    return "".join(secrets.choice(alphabet) for _ in range(length))
-
-
-# --- JWT (HS256), just enough for the fakes to mint and check their own tokens ---
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def sign_jwt(claims: dict[str, Any], key: bytes) -> str:
-    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
-    signing_input = f"{header}.{payload}".encode("ascii")
-    signature = hmac.new(key, signing_input, hashlib.sha256).digest()
-    return f"{header}.{payload}.{_b64url(signature)}"
-
-
-def read_jwt(token: str, key: bytes) -> dict[str, Any] | None:
-    """The claims of ``token`` if ``key`` signed it, else ``None``. Does not check ``exp``."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    header, payload, signature = parts
-    expected = hmac.new(key, f"{header}.{payload}".encode("ascii", "replace"), hashlib.sha256)
-    try:
-        if not hmac.compare_digest(_b64url(expected.digest()), signature):
-            return None
-        claims = json.loads(_b64url_decode(payload))
-    except ValueError:
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-# --- aiohttp glue shared by the fake vendor apps ---
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any] | None:
-    """The request body as a JSON object, or ``None`` if it is anything else."""
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
-async def rejection_text(state: SandboxState, request: web.Request, usual: str) -> str:
-    """The text of a refused login: ``usual``, or ``state.rejection_echo`` filled in."""
-    if state.rejection_echo is None:
-        return usual
-    body = await request.text()
-    password = (await read_json_object(request) or {}).get("password")
-    return state.rejection_echo.replace("{password}", str(password)).replace("{body}", body)
-
-
-def _is_small(request: web.Request) -> bool:
-    length = request.content_length
-    return length is not None and length < JOURNAL_BODY_LIMIT
-
-
-async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body piece by piece, without holding a large one in memory."""
-    if _is_small(request):
-        # The journal may have read it already; read() hands back that cached copy.
-        yield await request.read()
-        return
-    async for chunk in request.content.iter_chunked(JOURNAL_BODY_LIMIT):
-        yield chunk
-
-
-async def _journal_body(request: web.Request) -> bytes | None:
-    if not request.body_exists:
-        return b""
-    return await request.read() if _is_small(request) else None
-
-
-def journal_middleware(
-    state: SandboxState, app_name: str, login_service: Callable[[web.Request], str | None]
-) -> Middleware:
-    """Journal every request; login endpoints obey the state's failure switches, and
-    every other request the app's rate limit.
-
-    ``login_service`` names the login endpoint a request is for (``None`` for any other
-    request, which is journaled in ``state.requests`` under ``app_name``).
-    """
-
-    @web.middleware
-    async def journal(request: web.Request, handler: Handler) -> web.StreamResponse:
-        service = login_service(request)
-        seen = SeenRequest(
-            service=service or app_name,
-            method=request.method,
-            url=f"{request.scheme}://{request.host}{request.raw_path}",
-            headers=CIMultiDict(request.headers),
-            body=await _journal_body(request),
-        )
-        if service is None:
-            state.requests.append(seen)
-            limit = state.rate_limits.get(app_name)
-            refusal = limit.refusal(state.clock.now()) if limit is not None else None
-            return refusal or await handler(request)
-        state.logins.append(seen)
-        if state.login_delay:
-            await asyncio.sleep(state.login_delay)
-        if state.login_status_override is not None:
-            return web.json_response(
-                {"error": {"code": "SANDBOX", "message": "Forced by login_status_override."}},
-                status=state.login_status_override,
-            )
-        if state.login_non_json:
-            return web.Response(
-                text="<html><body><h1>Down for maintenance</h1></body></html>",
-                content_type="text/html",
-            )
-        return await handler(request)
-
-    return journal

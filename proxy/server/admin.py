@@ -1,4 +1,4 @@
-"""Admin endpoints under the reserved ``/-/`` prefix (SPEC §8).
+"""Admin endpoints under the reserved ``/-/`` prefix (README, "Endpoints").
 
 ``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
 show a secret. ``POST /-/reload``, ``POST /-/sessions/<route>/clear`` and
@@ -151,6 +151,10 @@ class Admin:
                 "last_error": None if st.last_error is None else REDACTOR.text(st.last_error),
                 "org": st.org,
                 "upstream": st.upstream,
+                "idle_timeout": st.idle_timeout,
+                "idle_timeout_source": st.idle_timeout_source,
+                "logins_last_hour": st.logins_last_hour,
+                "logins_last_day": st.logins_last_day,
                 **store,
             }
         return out

@@ -19,8 +19,8 @@ import structlog
 from aiohttp import web
 
 from proxy.config import Config, ConfigError
+from proxy.config import SessionStore as StoreSettings
 from proxy.config.load import load_config
-from proxy.config.store import SessionStore as StoreSettings
 from proxy.core.clock import Clock
 from proxy.core.errors import ProxyError
 from proxy.core.hosts import is_loopback
@@ -110,7 +110,7 @@ class ProxyServer:
             self.outbound,
             clock=self.clock,
             on_secret=REDACTOR.add,
-            observer=self.metrics,
+            metrics=self.metrics,
             stores=self.stores,
             previous=previous,
         )
@@ -129,7 +129,9 @@ class ProxyServer:
         if self._stores_open:
             return
         settings = self._store_settings or self.config.session_store
-        stores = await open_stores(settings, self.clock.now, run_dir=self._run_dir)
+        stores = await open_stores(
+            settings, self.clock.now, state_dir=self.config.state_dir, run_dir=self._run_dir
+        )
         placeholder, self.stores = self.stores, stores
         self._stores_open = True
         self.state.runtime = self._build(self.config, None)  # its sessions use the store
@@ -153,7 +155,7 @@ class ProxyServer:
                 route is None and ca is not None,
             )
             await self._serve(sock, door, ca)
-            self.listeners.append(Listener(host, bound, route))
+            self.listeners.append(Listener(host, bound))
         log.info(
             "listening",
             pid=os.getpid(),

@@ -1,9 +1,11 @@
-"""Forward-proxy mode (SPEC §9): CONNECT tunnels and absolute-form requests.
+"""Forward-proxy mode: CONNECT tunnels and absolute-form requests (the README: "Tools with
+hard-coded URLs (forward-proxy mode)").
 
-With ``forward_proxy.enabled`` every connection to the main listener starts in
-``_Sniffer``, which looks at its first bytes. Anything but ``CONNECT`` goes on to the
-usual aiohttp handler with those bytes replayed. A ``CONNECT host:port`` is decided here,
-once per tunnel, after the client token (sent on the CONNECT, not inside) is checked:
+With ``forward_proxy.enabled`` every connection to the main listener starts in a
+``Sniffer`` (``proxy.server.tunnel``), which looks at its first bytes. Anything but
+``CONNECT`` goes on to the usual aiohttp handler with those bytes replayed. A ``CONNECT
+host:port`` is decided here, once per tunnel, after the client token (sent on the
+CONNECT, not inside) is checked:
 
 - a host a route matches: ``200``, then TLS is terminated with a certificate for that
   host from the local CA, and the decrypted stream is served by a ``TunnelHandler``.
@@ -38,11 +40,10 @@ from proxy.server.responses import error_bytes
 from proxy.server.routing import Matched, Router
 from proxy.server.state import ServerState
 from proxy.server.tls import LocalCA
+from proxy.server.tunnel import Pending, Pipe, Sniffer
 
 log = structlog.get_logger("auth_proxy.forward_proxy")
 
-CONNECT = b"CONNECT "
-MAX_HEAD = 64 * 1024
 HANDSHAKE_TIMEOUT = 30.0
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
@@ -167,10 +168,16 @@ class ForwardProxyServer(ProxyHttpServer):
 
     def __call__(self) -> RequestHandler:
         # The listener's protocol factory: any asyncio.Protocol will do.
-        return _Sniffer(self)  # type: ignore[return-value]
+        return Sniffer(self)  # type: ignore[return-value]
 
     def http_handler(self) -> RequestHandler:
         return super().__call__()
+
+    def track(self, transport: asyncio.Transport) -> None:
+        self._open.add(transport)
+
+    def untrack(self, transport: asyncio.Transport) -> None:
+        self._open.discard(transport)
 
     def pre_shutdown(self) -> None:
         for task in self._tasks:
@@ -217,7 +224,7 @@ class ForwardProxyServer(ProxyHttpServer):
                 raise BadRequest("the client sent data before the tunnel was established")
         except ProxyError as exc:
             log.warning("connect", host=host, decision="refused", code=exc.code)
-            self._refuse(transport, exc)
+            self.refuse(transport, exc)
             return
         log.info("connect", host=request.host, port=request.port, decision=decision)
         if decision == "intercept":
@@ -225,7 +232,7 @@ class ForwardProxyServer(ProxyHttpServer):
         else:
             await self._pipe(transport, request, early)
 
-    def _refuse(self, transport: asyncio.Transport, error: ProxyError) -> None:
+    def refuse(self, transport: asyncio.Transport, error: ProxyError) -> None:
         self._open.discard(transport)
         transport.write(error_bytes(error))
         transport.close()
@@ -243,7 +250,7 @@ class ForwardProxyServer(ProxyHttpServer):
             header_timeout=self.header_timeout,
             **self.handler_settings,
         )
-        pending = _Pending()
+        pending = Pending()
         self._open.discard(transport)  # from here the TLS layer, then aiohttp, own it
         transport.write(ESTABLISHED)
         try:
@@ -272,14 +279,14 @@ class ForwardProxyServer(ProxyHttpServer):
         loop = asyncio.get_running_loop()
         address = self._resolve.get((request.host.strip("[]"), request.port))
         host, port = address or (request.host.strip("[]"), request.port)
-        ours, theirs = _Pipe(self), _Pipe(self)
+        ours, theirs = Pipe(self), Pipe(self)
         try:
             async with asyncio.timeout(self._connect_timeout):
                 remote, _ = await loop.create_connection(lambda: theirs, host, port)
         except (OSError, TimeoutError) as exc:
             log.warning("connect_failed", host=request.host, error=type(exc).__name__)
             error = UpstreamUnreachable(f"{request.host}:{request.port} could not be reached")
-            self._refuse(transport, error)
+            self.refuse(transport, error)
             return
         remote = cast(asyncio.Transport, remote)
         self._open.add(remote)
@@ -290,151 +297,3 @@ class ForwardProxyServer(ProxyHttpServer):
             remote.write(early)
         transport.resume_reading()
         remote.resume_reading()  # paused until now: a server may speak first
-
-
-# --------------------------------------------------------------------------- protocols
-
-
-class _Sniffer(asyncio.Protocol):
-    """A new connection, until its first bytes show whether it is a CONNECT."""
-
-    def __init__(self, server: ForwardProxyServer) -> None:
-        self._server = server
-        self._buffer = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._connect: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but behave as ones.
-        self._transport = cast(asyncio.Transport, transport)
-        self._server._open.add(self._transport)
-        # A CONNECT head has as long as any request head (see proxy.server.httpserver).
-        timeout = self._server.header_timeout
-        self._timer = asyncio.get_running_loop().call_later(timeout, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        assert transport is not None
-        self._buffer += data
-        if not CONNECT.startswith(bytes(self._buffer[: len(CONNECT)])):
-            self._hand_over(transport)
-            return
-        end = self._buffer.find(b"\r\n\r\n")
-        if end == -1:
-            if len(self._buffer) > MAX_HEAD:
-                self._stop_timer()
-                self._server._refuse(transport, BadRequest("the CONNECT request is too long"))
-            return
-        self._stop_timer()
-        transport.pause_reading()
-        head, early = bytes(self._buffer[: end + 4]), bytes(self._buffer[end + 4 :])
-        self._buffer.clear()
-        self._connect = self._server.start_connect(transport, head, early)
-
-    def _hand_over(self, transport: asyncio.Transport) -> None:
-        """Not a CONNECT: aiohttp takes the connection, starting with what we read."""
-        self._stop_timer()
-        self._server._open.discard(transport)
-        handler = self._server.http_handler()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        handler.data_received(bytes(self._buffer))
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def eof_received(self) -> bool:
-        return False  # closes: nothing useful can follow a half-sent first request
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        # Lost while a CONNECT was being decided: stop it before it opens anything.
-        self._stop_timer()
-        if self._connect is not None:
-            self._connect.cancel()
-        if self._transport is not None:
-            self._server._open.discard(self._transport)
-
-
-class _Pending(asyncio.Protocol):
-    """Holds what arrives between the end of the TLS handshake and aiohttp taking over.
-
-    A client may send its first request in the same packet as its last handshake
-    message; that data must wait for the handler's ``connection_made``.
-    """
-
-    def __init__(self) -> None:
-        self._data: list[bytes] = []
-        self._eof = False
-        self._lost: tuple[BaseException | None] | None = None
-
-    def data_received(self, data: bytes) -> None:
-        self._data.append(data)
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        return True  # the handler decides once it is attached
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._lost = (exc,)
-
-    def hand_over(self, transport: asyncio.Transport, handler: RequestHandler) -> None:
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        for chunk in self._data:
-            handler.data_received(chunk)
-        if self._lost is not None:
-            handler.connection_lost(self._lost[0])
-        elif self._eof:
-            handler.eof_received()
-            transport.close()  # what the TLS layer does after an EOF aiohttp does not keep
-
-
-class _Pipe(asyncio.Protocol):
-    """One side of a passthrough tunnel: what arrives is written to the other side.
-
-    Flow control is end to end: when one side's write buffer fills, the other side stops
-    reading. A half-close is passed on; the tunnel closes when both sides are done or
-    either fails.
-    """
-
-    def __init__(self, server: ForwardProxyServer) -> None:
-        self._server = server
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Pipe | None = None
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.pause_reading()  # until the tunnel is wired up and announced
-
-    def _other(self) -> asyncio.Transport:
-        assert self.peer is not None and self.peer.transport is not None
-        return self.peer.transport
-
-    def data_received(self, data: bytes) -> None:
-        self._other().write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        other = self._other()
-        assert self.peer is not None
-        if self.peer.eof or not other.can_write_eof():
-            other.close()
-            return False
-        other.write_eof()
-        return True  # keep writing the other side's answer to this one
-
-    def pause_writing(self) -> None:
-        self._other().pause_reading()
-
-    def resume_writing(self) -> None:
-        self._other().resume_reading()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self.transport is not None:
-            self._server._open.discard(self.transport)
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()

@@ -1,4 +1,6 @@
-"""The proxy's own answers to clients that log in or out by themselves (SPEC §6).
+"""The proxy's own answers to clients that log in or out by themselves.
+
+See the README, "Tools that log in by themselves".
 
 A legacy tool pointed at the route base still calls ``.../user/login`` and then follows
 the ``serverUrl`` it gets back. The route's flow builds a vendor-shaped answer from the

@@ -1,4 +1,4 @@
-"""Who may use the proxy, and which requests it refuses outright (SPEC §7, §8).
+"""Who may use the proxy, and which requests it refuses outright (the README: "Security").
 
 - Client authentication: ``Proxy-Authorization: Bearer <token>`` against
   ``client_auth.tokens``, compared in constant time. Forward-proxy requests (CONNECT,

@@ -1,4 +1,4 @@
-"""aiohttp's low-level HTTP server, with errors answered in the SPEC §7 format.
+"""aiohttp's low-level HTTP server, with errors answered in the proxy's JSON error format.
 
 Requests that never reach the handler (a malformed request line, oversized or broken
 headers) and unexpected handler crashes get the same JSON error body and

@@ -1,4 +1,5 @@
-"""Picking the route for a request: by listener port, Host header, or path prefix (SPEC §3).
+"""Picking the route for a request: by listener port, Host header, or path prefix (the
+README: "How a request is handled").
 
 Lookups are dictionary hits, not scans: prefix routes are indexed by their first path
 segment, exact host names by name; only ``*.`` wildcard hosts are checked in turn.

@@ -10,18 +10,34 @@ import asyncio
 
 from proxy.config import Config, Route
 from proxy.core.clock import Clock
+from proxy.core.errors import RouteBusy
 from proxy.flows import CREDENTIAL_HEADERS, flow_for
+from proxy.ops.metrics import Metrics
 from proxy.server.routing import Router
 from proxy.sessions.credentials import route_scope
-from proxy.sessions.manager import Observer, Register, RouteSessions
+from proxy.sessions.manager import Register, RouteSessions
 from proxy.sessions.stores import SessionStores
 from proxy.upstream.client import Outbound, RouteClient
+from proxy.upstream.limiter import ConcurrencyLimiter
 from proxy.upstream.route import RouteRuntime
+from proxy.upstream.throttle import ThrottlePolicy
 
 
 # Headers a client may send that would let it speak with someone else's credentials.
 def _drop_set(route: Route) -> frozenset[str]:
     return CREDENTIAL_HEADERS | {h.name.lower() for h in route.headers}
+
+
+def _limiter(route: str, limit: int | None, metrics: Metrics) -> ConcurrencyLimiter | None:
+    if limit is None:
+        return None
+
+    def busy(message: str, retry_after: float) -> RouteBusy:
+        return RouteBusy(message, route=route, retry_after=retry_after)
+
+    limiter = ConcurrencyLimiter(limit, busy)
+    limiter.on_wait = metrics.watch_queue(route, lambda: limiter.queued)
+    return limiter
 
 
 class Runtime:
@@ -32,7 +48,7 @@ class Runtime:
         *,
         clock: Clock,
         on_secret: Register,
-        observer: Observer,
+        metrics: Metrics,
         stores: SessionStores,
         previous: Runtime | None = None,
     ) -> None:
@@ -54,11 +70,14 @@ class Runtime:
                 client.execute,
                 clock=clock,
                 idle_timeout=route.auth.idle_timeout,
+                idle_timeout_source=(
+                    "config" if "idle_timeout" in route.auth.model_fields_set else "default"
+                ),
                 refresh_margin=route.auth.refresh_margin,
                 login_retry_after=route.auth.login_retry_after,
                 reauth_on=route.auth.reauth_on,
                 on_secret=on_secret,
-                observer=observer,
+                observer=metrics,
                 stores=stores,
                 scope=route_scope(route.allowed_hosts, settings.resolve),
             )
@@ -70,7 +89,15 @@ class Runtime:
                 client=client,
                 static_headers=route.headers,
                 drop_headers=_drop_set(route),
-                retry_body_limit=client.settings.retry_body_limit,
+                retry_body_limit=settings.retry_body_limit,
+                throttle=ThrottlePolicy(
+                    max_wait=settings.throttle.max_wait,
+                    methods=frozenset(settings.throttle.methods),
+                ),
+                limiter=_limiter(route.name, settings.max_concurrent, metrics),
+                queue_timeout=settings.queue_timeout,
+                clock=clock,
+                events=metrics,
             )
             self.routes[route.name] = rt
             m = route.match
@@ -94,7 +121,10 @@ class Runtime:
             or old.config.allowed_hosts != route.allowed_hosts
         ):
             return None
-        if old.client.settings != client.settings or old.client.ssl is not client.ssl:
+        if (
+            old.client.settings.connection() != client.settings.connection()
+            or old.client.ssl is not client.ssl
+        ):
             return None
         return old.sessions
 

@@ -1,4 +1,5 @@
-"""The local certificate authority of forward-proxy mode (SPEC §9) and ``auth-proxy ca``.
+"""The local certificate authority of forward-proxy mode and ``auth-proxy ca`` (the README:
+"Tools with hard-coded URLs (forward-proxy mode)").
 
 A tool with hard-coded vendor URLs opens a CONNECT tunnel to, say,
 ``dm-us.informaticacloud.com:443``; the proxy terminates TLS there with a certificate
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import ipaddress
 import os
 import shlex
@@ -57,9 +57,38 @@ def _san(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """Signatures only; a CA also signs certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """Serialise CA creation between processes (workers start together)."""
+    """Serialise CA creation between processes (workers start together). Without fcntl
+    (Windows) there are no workers either (they need fork), so one process, no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -73,7 +102,7 @@ def _write_private(directory: Path, data: bytes, mode: int) -> Path:
     fd, name = tempfile.mkstemp(dir=directory, prefix=".auth-proxy-")
     try:
         os.write(fd, data)
-        os.fchmod(fd, mode)
+        os.chmod(name, mode)  # not fchmod: Windows has no fchmod before Python 3.13
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -172,30 +201,12 @@ class LocalCA:
             .not_valid_before(now - BACKDATE)
             .not_valid_after(now + CA_LIFETIME)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(ca=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .sign(key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         # Written under temporary names and renamed, so no reader sees half a file.
-        tmp_key = _write_private(key_path.parent, key_pem, 0o600)
+        tmp_key = _write_private(key_path.parent, _private_pem(key), 0o600)
         tmp_cert = _write_private(
             cert_path.parent, cert.public_bytes(serialization.Encoding.PEM), 0o644
         )
@@ -204,10 +215,6 @@ class LocalCA:
         return cls(cert, key, cert_path, key_path, created=True)
 
     # ------------------------------------------------------------------ certificates
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
 
     @property
     def fingerprint(self) -> str:
@@ -228,14 +235,9 @@ class LocalCA:
         # The HTTP server behind it speaks HTTP/1.1 only; never let a client pick h2.
         ctx.set_alpn_protocols(["http/1.1"])
         pem = self._issue(names).public_bytes(serialization.Encoding.PEM)
-        key_pem = self._leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         # ssl loads a certificate chain from files only: a private directory, emptied at once.
         with tempfile.TemporaryDirectory(prefix="auth-proxy-tls-") as directory:
-            path = _write_private(Path(directory), key_pem + pem, 0o600)
+            path = _write_private(Path(directory), _private_pem(self._leaf_key) + pem, 0o600)
             ctx.load_cert_chain(path)
         return ctx
 
@@ -254,20 +256,7 @@ class LocalCA:
             .not_valid_before(now - BACKDATE)
             .not_valid_after(min(now + LEAF_LIFETIME, self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)

@@ -14,6 +14,9 @@ use, every ``SYNC_EVERY`` seconds (to see another process's renewal and to write
 when the session was last used, for sliding expiry). When the store cannot be reached
 the process keeps what it holds and logs in by itself if it must, never retrying
 credentials it has seen rejected.
+
+After a login, the org's idle timeout is asked once (``pacing.org_idle_timeout``) and
+stored with the session, so every process that takes it runs the same idle clock.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from proxy.flows.driver import drive
 from proxy.ops.logs import REDACTOR, Registration
 from proxy.sessions import payload
 from proxy.sessions.credentials import Values, by_command, resolve_all, store_key
+from proxy.sessions.pacing import DAY, HOUR, LoginLog, org_idle_timeout
+from proxy.sessions.payload import Stored
 from proxy.sessions.stores import SessionStores, memory_stores
 from proxy.store import (
     Backoff,
@@ -57,6 +62,7 @@ log = structlog.get_logger("auth_proxy.sessions")
 Executor = Callable[[LoginRequest], Awaitable[LoginResponse]]
 Register = Callable[..., Registration]  # masks values in logs until released
 T = TypeVar("T")
+Idle = tuple[float | None, str]  # an idle timeout and where it came from: vendor, config, default
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -111,17 +117,24 @@ class Lease:
     last_used: float
     idle_timeout: float | None
     held: Registration
+    idle_source: str = "default"  # where idle_timeout came from: vendor, config, default
     key: str = ""  # the store key of the credentials it was made with
     version: str | None = None  # the stored record's; None: this process's alone
     source: str = "login"  # "login" (here), "another_process" or "restart"
     origin: Origin | None = None  # the process that logged in, when it came from the store
     written: float = 0.0  # the last use written back to the store
+    used_here: bool = False  # a call with it succeeded in this process
     _fixed_end: float = field(init=False)  # the earliest absolute end (JWT exp, ...)
     _idle: float | None = field(init=False)  # the sliding timeout, if it applies
 
     def __post_init__(self) -> None:
         self._fixed_end = session_end(self.session, 0.0, None)
         self._idle = self.idle_timeout if self.session.sliding else None
+
+    @property
+    def stored(self) -> Stored:
+        """The session and what the vendor said of it, as the store keeps them."""
+        return Stored(self.session, self.idle_timeout if self.idle_source == "vendor" else None)
 
     def expires_at(self) -> float:
         """On every request's path: two comparisons."""
@@ -141,7 +154,10 @@ class SessionStatus:
     last_error: str | None = None
     org: str | None = None
     upstream: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    idle_timeout: float | None = None
+    idle_timeout_source: str = "default"  # vendor | config | default
+    logins_last_hour: int = 0  # logins this process made: another's are in its own counts
+    logins_last_day: int = 0
 
 
 def _alive(pid: int) -> bool:
@@ -173,6 +189,7 @@ class RouteSessions:
         *,
         clock: Clock,
         idle_timeout: float | None,
+        idle_timeout_source: str = "default",
         refresh_margin: float,
         login_retry_after: float,
         reauth_on: tuple[int, ...] = (401,),
@@ -189,6 +206,8 @@ class RouteSessions:
         self._execute = execute
         self._clock = clock
         self._idle_timeout = idle_timeout
+        self._idle_source = idle_timeout_source  # config, or default: the vendor may say
+        self._logins = LoginLog(route)  # this process's logins only
         self._margin = refresh_margin
         self._retry_after = login_retry_after
         self._register = on_secret
@@ -259,10 +278,43 @@ class RouteSessions:
         # checks whether the one held still belongs to them.
         return await self._shared(lease)
 
+    async def acquire_fresh(self) -> tuple[Lease, bool]:
+        """A lease for a request whose body cannot be replayed after a 401, and whether it
+        was renewed for it: renewed first when near its end, or when its validity is in
+        doubt (see ``_doubtful``). The renewal goes through the store: the fleet gets the
+        new session, and a session another process has just made is taken, not doubted.
+        """
+        lease = await self.acquire()
+        if not self._doubtful(lease) or self._held_back():
+            return lease, False  # held back: a renewal may not start, and the lease looks valid
+        try:
+            fresh = await asyncio.shield(self._task or self._start(lease, doubted=lease))
+        except ProxyError:
+            return lease, False
+        if fresh is lease:
+            return lease, False
+        log.info("preflight_renewal", route=self.route)
+        return fresh, True
+
+    def _doubtful(self, lease: Lease) -> bool:
+        """Near its end; or unused for half its idle timeout (the vendor may have ended
+        it); or taken from the store, not used here yet, and not seen in use for
+        SYNC_EVERY seconds (its last user may have stopped, a restart, long before the
+        vendor ended it; a session another process has just made is not in doubt)."""
+        now = self._clock.now()
+        if lease.expires_at() - now <= self._margin:
+            return True
+        quiet = now - lease.last_used
+        if lease.source != "login" and not lease.used_here and quiet > SYNC_EVERY:
+            return True
+        idle = lease.idle_timeout
+        return lease.session.sliding and idle is not None and quiet > idle / 2
+
     def touch(self, lease: Lease) -> None:
         """A proxied call succeeded with ``lease``: the vendor's idle clock restarted."""
         now = self._clock.now()
         lease.last_used = now
+        lease.used_here = True
         if now >= self._sync_at:
             self._sync_at = now + SYNC_EVERY
             if self._sync_task is None and lease is self._lease:
@@ -319,8 +371,8 @@ class RouteSessions:
         task = self._task or self._start(previous)
         return await asyncio.shield(task)
 
-    def _start(self, previous: Lease | None) -> asyncio.Task[Lease]:
-        task = asyncio.get_running_loop().create_task(self._run(previous))
+    def _start(self, previous: Lease | None, doubted: Lease | None = None) -> asyncio.Task[Lease]:
+        task = asyncio.get_running_loop().create_task(self._run(previous, doubted))
         task.add_done_callback(self._finished)
         self._task = task
         return task
@@ -339,7 +391,10 @@ class RouteSessions:
             backoff is not None and backoff.active(now)
         )
 
-    async def _run(self, previous: Lease | None) -> Lease:
+    async def _run(self, previous: Lease | None, doubted: Lease | None = None) -> Lease:
+        """Get a session for ``previous``'s successor: from the store, or by logging in
+        (renewing ``previous`` when its token may be re-minted). ``doubted``: the current
+        lease must not be kept as it is, nor its stored copy taken."""
         started = time.perf_counter()
         key, values = await self._credentials(started)
         lease = self._lease
@@ -348,12 +403,14 @@ class RouteSessions:
             self._retire(lease)
             self._background(self._let_go(lease))
             lease = None
-        if lease is not None and lease.expires_at() - self._clock.now() > self._margin:
+        left = -1.0 if lease is None else lease.expires_at() - self._clock.now()
+        if lease is not None and lease is not doubted and left > self._margin:
             return lease  # the reload kept the credentials, and the session with them
         if previous is not None and (previous.key != key or not self._can_renew(previous)):
             previous = None
+        doubt = None if doubted is None else doubted.version
         try:
-            return await self._through_store(key, values, previous, started)
+            return await self._through_store(key, values, previous, started, doubt)
         except StoreUnavailable:
             return await self._alone(key, values, previous, started)
 
@@ -398,10 +455,11 @@ class RouteSessions:
         return rejection
 
     async def _through_store(
-        self, key: str, values: Values, base: Lease | None, started: float
+        self, key: str, values: Values, base: Lease | None, started: float, doubted: str | None
     ) -> Lease:
         """The session for ``key`` from the store, or from a login this process runs for
-        every process that needs it (the store's lease keeps it to one)."""
+        every process that needs it (the store's lease keeps it to one). ``doubted``: a
+        stored version not to be taken."""
         store, stored_as = self._store, key + self._instance
         refused, self._refused = self._refused, None
         if refused is not None:
@@ -416,22 +474,30 @@ class RouteSessions:
         record = await self._op("get", store.get(stored_as))
         stale = refused
         if record is not None and record.version != refused:
-            session = payload.decode(record.payload)
-            if session is not None and self._fresh(session, record.last_used):
-                return self._take(record, session, key)
+            stored = payload.decode(record.payload)
+            idle, _ = self._idle_of(stored)
+            taken = stored is not None and record.version != doubted
+            if taken and stored is not None and self._fresh(stored.session, record.last_used, idle):
+                return self._take(record, stored, key)
             stale = record.version
-            if session is not None and base is None and self._can_renew_session(session, record):
-                base = self._lease_of(record, session, key, self._register())  # renewed below
+            if (
+                stored is not None
+                and base is None
+                and self._can_renew_session(stored.session, record.last_used, idle)
+            ):
+                base = self._lease_of(record, stored, key, self._register())  # renewed below
         published: list[str] = []
-        fresh: list[Session] = []
+        fresh: list[Stored] = []
 
         async def login(held: Held) -> Record:
-            session = await self._login(key, values, base, started)
-            fresh.append(session)
+            made = await self._login(key, values, base, started)
+            fresh.append(made)
             record = await store.publish(
                 held.lease,
-                payload.encode(session),
-                expires_at=self._stored_until(session, self._clock.now()),
+                payload.encode(*made),
+                expires_at=self._stored_until(
+                    made.session, self._clock.now(), self._idle_of(made)[0]
+                ),
             )
             published.append(record.version)
             return record
@@ -458,13 +524,13 @@ class RouteSessions:
             if published and outcome.version == published[0]:
                 await self._cleared_after_login(key)
                 return self._install(fresh[0], key, outcome)
-            session = payload.decode(outcome.payload)
-            if session is None:
+            stored = payload.decode(outcome.payload)
+            if stored is None:
                 raise LoginFailed(
                     "the stored session cannot be read (written by another version of auth-proxy?)",
                     route=self.route,
                 )
-            return self._take(outcome, session, key)
+            return self._take(outcome, stored, key)
         if outcome is None:
             raise LoginFailed(
                 f"no session from another process's login within {LOGIN_WAIT:.0f}s",
@@ -519,9 +585,10 @@ class RouteSessions:
 
     # ------------------------------------------------------------------ logging in
 
-    async def _login(self, key: str, values: Values, base: Lease | None, started: float) -> Session:
+    async def _login(self, key: str, values: Values, base: Lease | None, started: float) -> Stored:
         """Run the flow (a renewal of ``base``, else a login). A refusal or failure is
-        recorded as the store's verdict for ``key`` before it is raised."""
+        recorded as the store's verdict for ``key`` before it is raised. After a login the
+        vendor is asked for its idle timeout; a renewal keeps what was learned."""
         renewing = base is not None
         # Masked while the attempt runs: the session it renews (its lease may be retired
         # already) and every value it resolves, kept afterwards as the route's latest.
@@ -561,7 +628,28 @@ class RouteSessions:
             upstream=session.upstream,
             org=session.org,
         )
-        return session
+        if base is not None:
+            return Stored(session, base.stored.vendor_idle)
+        made = Stored(session, await self._vendor_idle(session))
+        self._logins.record(self._clock.now(), self._idle_of(made)[0])
+        return made
+
+    async def _vendor_idle(self, session: Session) -> float | None:
+        """The org's idle timeout for a session just logged in, unless the config sets one
+        (it wins) or the session does not slide; None when the vendor cannot say."""
+        if self._idle_source == "config" or not session.sliding:
+            return None
+        found = await org_idle_timeout(self.flow, session, self._execute)
+        if found is not None:
+            log.info("org_idle_timeout", route=self.route, seconds=found)
+        return found
+
+    def _idle_of(self, stored: Stored | None) -> Idle:
+        """The idle timeout this route runs for ``stored``: the configured one, else the
+        vendor's (learned by whichever process logged in), else the default."""
+        if stored is not None and stored.vendor_idle is not None and self._idle_source != "config":
+            return stored.vendor_idle, "vendor"
+        return self._idle_timeout, self._idle_source
 
     async def _rejected(self, key: str, exc: LoginRejected, started: float) -> None:
         until = self._clock.now() + self._retry_after
@@ -630,23 +718,25 @@ class RouteSessions:
 
     # ------------------------------------------------------------------ leases
 
-    def _fresh(self, session: Session, last_used: float) -> bool:
-        end = session_end(session, last_used, self._idle_timeout)
+    def _fresh(self, session: Session, last_used: float, idle: float | None) -> bool:
+        end = session_end(session, last_used, idle)
         return end - self._clock.now() > self._margin
 
-    def _stored_until(self, session: Session, last_used: float) -> float:
-        end = session_end(session, last_used, self._idle_timeout)
+    def _stored_until(self, session: Session, last_used: float, idle: float | None) -> float:
+        end = session_end(session, last_used, idle)
         return min(end, self._clock.now() + MAX_STORED)
 
-    def _install(self, session: Session, key: str, record: Record | None = None) -> Lease:
-        """Make ``session`` (logged in by this process) the current one."""
+    def _install(self, made: Stored, key: str, record: Record | None = None) -> Lease:
+        """Make ``made`` (logged in by this process) the current session."""
         now = self._clock.now()
+        idle, source = self._idle_of(made)
         lease = Lease(
-            session,
+            made.session,
             now if record is None else record.logged_in_at,
             now if record is None else record.last_used,
-            self._idle_timeout,
-            self._register(*session.secrets),
+            idle,
+            self._register(*made.session.secrets),
+            idle_source=source,
             key=key,
             version=None if record is None else record.version,
             origin=None if record is None else record.origin,
@@ -655,7 +745,7 @@ class RouteSessions:
         self._replace(lease)
         return lease
 
-    def _take(self, record: Record, session: Session, key: str) -> Lease:
+    def _take(self, record: Record, stored: Stored, key: str) -> Lease:
         """Make a stored session the current one (or refresh the current one's last use,
         when it is the same version another process has used since)."""
         current = self._lease
@@ -663,7 +753,7 @@ class RouteSessions:
             current.last_used = max(current.last_used, record.last_used)
             current.written = max(current.written, record.last_used)
             return current
-        lease = self._lease_of(record, session, key, self._register(*session.secrets))
+        lease = self._lease_of(record, stored, key, self._register(*stored.session.secrets))
         self._replace(lease)
         log.info(
             "session_from_store",
@@ -674,13 +764,15 @@ class RouteSessions:
         )
         return lease
 
-    def _lease_of(self, record: Record, session: Session, key: str, held: Registration) -> Lease:
+    def _lease_of(self, record: Record, stored: Stored, key: str, held: Registration) -> Lease:
+        idle, source = self._idle_of(stored)
         return Lease(
-            session,
+            stored.session,
             record.logged_in_at,
             record.last_used,
-            self._idle_timeout,
+            idle,
             held,
+            idle_source=source,
             key=key,
             version=record.version,
             source=_source(record.origin),
@@ -699,17 +791,17 @@ class RouteSessions:
         self._observer.session_source(self.route, lease.source)
 
     def _can_renew(self, lease: Lease) -> bool:
-        return self._can_renew_session(lease.session, lease)
+        return self._can_renew_session(lease.session, lease.last_used, lease.idle_timeout)
 
-    def _can_renew_session(self, session: Session, used: Lease | Record) -> bool:
+    def _can_renew_session(self, session: Session, last_used: float, idle: float | None) -> bool:
         """Renew (not log in) only when a renewable token runs out before the session."""
         if session.token_expiry is None:
             return False
         now = self._clock.now()
         session_left = session.hard_expiry if session.hard_expiry is not None else float("inf")
         session_left -= now
-        if session.sliding and self._idle_timeout is not None:
-            session_left = min(session_left, used.last_used + self._idle_timeout - now)
+        if session.sliding and idle is not None:
+            session_left = min(session_left, last_used + idle - now)
         return session_left > self._margin
 
     def _retire(self, lease: Lease) -> None:
@@ -751,7 +843,7 @@ class RouteSessions:
         store, key = self._store, lease.key
         if lease.version is not None and lease.session.sliding and lease.last_used > lease.written:
             used = lease.last_used
-            until = self._stored_until(lease.session, used)
+            until = self._stored_until(lease.session, used, lease.idle_timeout)
             if await self._op("touch", store.touch(key, lease.version, used, until)):
                 lease.written = used
         record = await self._op("get", store.get(key))
@@ -761,11 +853,12 @@ class RouteSessions:
             if lease.version is None:
                 await self._restore(lease)
             return
-        session = payload.decode(record.payload)
-        if session is not None and (
-            record.version == lease.version or self._fresh(session, record.last_used)
+        stored = payload.decode(record.payload)
+        if stored is not None and (
+            record.version == lease.version
+            or self._fresh(stored.session, record.last_used, self._idle_of(stored)[0])
         ):
-            self._take(record, session, key)
+            self._take(record, stored, key)
 
     async def _restore(self, lease: Lease) -> None:
         """A session this process logged in while the store was down: shared now."""
@@ -780,8 +873,10 @@ class RouteSessions:
                 "publish",
                 store.publish(
                     held,
-                    payload.encode(lease.session),
-                    expires_at=self._stored_until(lease.session, lease.last_used),
+                    payload.encode(*lease.stored),
+                    expires_at=self._stored_until(
+                        lease.session, lease.last_used, lease.idle_timeout
+                    ),
                     logged_in_at=lease.logged_in_at,
                     kind="restored",
                 ),
@@ -809,8 +904,16 @@ class RouteSessions:
             state = "backoff"
         else:
             state = "none"
-        st = SessionStatus(state=state, last_error=self.last_error)
+        st = SessionStatus(
+            state=state,
+            last_error=self.last_error,
+            idle_timeout=self._idle_timeout,
+            idle_timeout_source=self._idle_source,
+            logins_last_hour=self._logins.count(now, HOUR),
+            logins_last_day=self._logins.count(now, DAY),
+        )
         if lease is not None:
+            st.idle_timeout, st.idle_timeout_source = lease.idle_timeout, lease.idle_source
             exp = lease.expires_at()
             st.logged_in_at = lease.logged_in_at
             st.expires_at = None if exp == float("inf") else exp
@@ -927,7 +1030,7 @@ class RouteSessions:
             if record is not None:
                 stored = payload.decode(record.payload)
                 if stored is not None:
-                    sessions.setdefault(record.version, stored)
+                    sessions.setdefault(record.version, stored.session)
                 await self._op("remove", self._store.remove(key))
         except StoreUnavailable:  # the stored copy stays; the one held here still ends
             log.warning("logout_store_unavailable", route=self.route)

@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from proxy.config import ConfigError
-from proxy.config.store import SessionStore as StoreSettings
+from proxy.config import SessionStore as StoreSettings
 from proxy.core.errors import ProxyError
 from proxy.core.secrets import Secret
 from proxy.store import MemoryStore, Store, StoreConfigError, open_store
@@ -67,12 +67,17 @@ async def _value(source: Secret | None, key: str) -> str | None:
 
 
 async def open_stores(
-    settings: StoreSettings, now: Now, *, run_dir: Path | None = None
+    settings: StoreSettings,
+    now: Now,
+    *,
+    state_dir: str | None = None,
+    run_dir: Path | None = None,
 ) -> SessionStores:
     """The stores ``settings`` describe. An explicit location that cannot be used, or a
-    secret that cannot be read, is a ``ConfigError``; an unusable default location is
-    reported once (``session_store_fallback``) and means ``memory``. ``run_dir``: where
-    the workers of one ``serve`` share verdicts when sessions are in memory."""
+    secret that cannot be read, is a ``ConfigError``; an unusable default location
+    (``<state_dir>/sessions``, else the user's state directory) is reported once
+    (``session_store_fallback``) and means ``memory``. ``run_dir``: where the workers of
+    one ``serve`` share verdicts when sessions are in memory."""
 
     def fallback(reason: str) -> None:
         log.warning("session_store_fallback", reason=reason)
@@ -86,6 +91,7 @@ async def open_stores(
             shared = await open_store(
                 settings.type,
                 path=settings.path,
+                state_dir=state_dir,
                 url=settings.url,
                 key_prefix=settings.key_prefix,
                 password=await _value(settings.password, "password"),
@@ -108,11 +114,13 @@ async def open_stores(
         raise ConfigError(str(exc)) from None
 
 
-async def effective_settings(settings: StoreSettings, now: Now) -> StoreSettings:
+async def effective_settings(
+    settings: StoreSettings, now: Now, state_dir: str | None = None
+) -> StoreSettings:
     """Open and close the configured store once, before the workers start: a start-up
     error is raised here, an unusable default location is reported here (once, not once
     per worker), and the workers then open what this returns."""
-    stores = await open_stores(settings, now)
+    stores = await open_stores(settings, now, state_dir=state_dir)
     await stores.close()
     if stores.kind == "memory" and settings.type != "memory":
         return StoreSettings(type="memory", lease_ttl=settings.lease_ttl)

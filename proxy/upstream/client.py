@@ -32,6 +32,7 @@ from proxy.config import ResolveRule, UpstreamSettings
 from proxy.core.errors import LoginFailed
 from proxy.flows.base import MAX_LOGIN_BODY, LoginRequest, LoginResponse
 from proxy.upstream.failures import failure
+from proxy.upstream.trust import verifying_context
 from proxy.upstream.watchdog import Watchdog
 
 log = structlog.get_logger("auth_proxy.outbound")
@@ -205,9 +206,7 @@ class Outbound:
         key = (bundle, hashlib.sha256(Path(bundle).read_bytes()).digest() if bundle else b"")
         context = self._contexts.get(key)
         if context is None:
-            context = ssl.create_default_context()
-            if bundle:
-                context.load_verify_locations(cafile=bundle)
+            context = verifying_context(bundle)
             self._contexts[key] = context
         return context
 

@@ -39,7 +39,7 @@ class ConcurrencyLimiter:
         self.limit = limit
         self.max_queue = max_queue
         self._busy = busy
-        self._on_wait = on_wait
+        self.on_wait = on_wait
         self._in_use = 0
         # A waiter's future is resolved when a slot is handed to it: the slot is counted
         # as in use from that moment, so no newcomer can take it first.
@@ -114,5 +114,5 @@ class ConcurrencyLimiter:
             waiter.set_result(None)
 
     def _observe(self, waited: float) -> None:
-        if self._on_wait is not None:
-            self._on_wait(waited)
+        if self.on_wait is not None:
+            self.on_wait(waited)

@@ -13,7 +13,7 @@ import time
 
 import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 from proxy.core.errors import ClientAborted, UpstreamTimeout, UpstreamUnreachable
@@ -23,20 +23,39 @@ from proxy.upstream.body import CHUNK, Body
 from proxy.upstream.exchange import Exchange
 from proxy.upstream.failures import error_reason
 from proxy.upstream.headers import copy_response_headers, request_headers
+from proxy.upstream.odata import rewrite_links
 from proxy.upstream.route import RouteRuntime
 from proxy.upstream.watchdog import Watch
 
 log = structlog.get_logger("auth_proxy.forward")
 
 SMALL_BODY = 128 * 1024  # answers up to this size are read whole and sent in one write
+LINKS_LIMIT = 4 * 1024 * 1024  # JSON answers up to this size get their OData links rewritten
+THROTTLED = frozenset({429, 503})
+_JSON_TYPES = ("application/json", "application/odata+json")
 
 
 async def forward(ex: Exchange, route: RouteRuntime) -> web.StreamResponse:
-    """Send ``ex``'s request upstream with the route's session; stream the answer back."""
+    """Send ``ex``'s request upstream with the route's session; stream the answer back.
+
+    With ``max_concurrent``, the whole exchange holds one of the route's slots.
+    """
+    if route.limiter is None:
+        return await _exchange(ex, route)
+    async with route.limiter.slot(route.queue_timeout):
+        return await _exchange(ex, route)
+
+
+async def _exchange(ex: Exchange, route: RouteRuntime) -> web.StreamResponse:
     sessions = route.sessions
     body = Body(ex.request, route.retry_body_limit)
     await body.prepare()
-    lease = await sessions.acquire()
+    if body.replayable:
+        lease = await sessions.acquire()
+    else:  # no second chance after a 401: make sure of the session first
+        lease, renewed = await sessions.acquire_fresh()
+        if renewed:
+            route.events.preflight_renewal(route.name)
     watch = route.client.watchdog.watch(route.client.settings.read_timeout)
     upstream = await _send(ex, route, lease, body, watch)
     replay = await sessions.settle(lease, upstream.status, replayable=body.replayable)
@@ -47,7 +66,37 @@ async def forward(ex: Exchange, route: RouteRuntime) -> web.StreamResponse:
         lease = replay
         upstream = await _send(ex, route, lease, body, watch)
         sessions.settle_replay(lease, upstream.status)
+    if body.replayable:
+        upstream = await _wait_out_throttling(ex, route, lease, body, watch, upstream)
     return await _stream_back(ex, route, upstream, lease, watch)
+
+
+async def _wait_out_throttling(
+    ex: Exchange,
+    route: RouteRuntime,
+    lease: Lease,
+    body: Body,
+    watch: Watch,
+    upstream: aiohttp.ClientResponse,
+) -> aiohttp.ClientResponse:
+    """Retry an idempotent request the vendor throttled, within the route's budget.
+
+    A throttled answer is never a session failure: the session is kept, not renewed.
+    When the budget says stop, the vendor's last answer goes to the client unchanged.
+    """
+    if upstream.status not in THROTTLED:
+        return upstream
+    budget = route.throttle.budget(ex.request.method, now=route.clock.now)
+    while upstream.status in THROTTLED:
+        wait = budget.next_wait(upstream.status, upstream.headers)
+        route.events.throttled(route.name, retried=wait is not None)
+        if wait is None:
+            break
+        upstream.release()
+        log.info("throttled", route=route.name, status=upstream.status, wait=round(wait, 3))
+        await route.clock.sleep(wait)
+        upstream = await _send(ex, route, lease, body, watch)
+    return upstream
 
 
 def _base(ex: Exchange, lease: Lease) -> str:
@@ -110,7 +159,7 @@ async def _stream_back(
         secrets = lease.session.secrets
         copy_response_headers(upstream, response.headers, _base(ex, lease), ex.public_base, secrets)
         ex.decorate(response.headers)
-        await _copy_body(ex, upstream, response, watch)
+        await _copy_body(ex, upstream, response, watch, _base(ex, lease))
     except ConnectionResetError:
         # A write to the client's closing connection (aiohttp's
         # ClientConnectionResetError), just before its hang-up cancels us. Reads from
@@ -142,12 +191,19 @@ async def _copy_body(
     upstream: aiohttp.ClientResponse,
     response: web.StreamResponse,
     watch: Watch,
+    base: str,
 ) -> None:
     length = upstream.content_length
-    if length is not None and length <= SMALL_BODY:
+    links = ex.public_base is not None and _has_links(upstream)
+    if length is not None and length <= (LINKS_LIMIT if links else SMALL_BODY):
         # Read it whole: headers and body then leave in a single write.
         with watch:
             payload = await upstream.read()
+        if links and ex.public_base is not None:
+            rewritten = rewrite_links(payload, base, ex.public_base)
+            if rewritten is not None:
+                payload = rewritten
+                response.headers[hdrs.CONTENT_LENGTH] = str(len(payload))
         ex.responding = True
         await response.prepare(ex.request)
         await response.write_eof(payload)
@@ -164,3 +220,8 @@ async def _copy_body(
             watch.pause()  # a slow client is not a stalled upstream
             await response.write(chunk)
     await response.write_eof()
+
+
+def _has_links(upstream: aiohttp.ClientResponse) -> bool:
+    """A JSON answer, not compressed, that may carry OData links to the vendor."""
+    return upstream.content_type in _JSON_TYPES and hdrs.CONTENT_ENCODING not in upstream.headers

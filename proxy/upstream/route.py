@@ -5,10 +5,21 @@ header rules computed once per (re)load.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxy.config import Route
+from proxy.core.clock import Clock
 from proxy.sessions.manager import RouteSessions
 from proxy.upstream.client import RouteClient
+from proxy.upstream.limiter import ConcurrencyLimiter
+from proxy.upstream.throttle import ThrottlePolicy
+
+
+class RouteEvents(Protocol):
+    """What the data path reports beyond the access line (the metrics implement it)."""
+
+    def throttled(self, route: str, retried: bool) -> None: ...
+    def preflight_renewal(self, route: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -19,6 +30,11 @@ class RouteRuntime:
     static_headers: tuple[tuple[str, str], ...]
     drop_headers: frozenset[str]  # lowercase names
     retry_body_limit: int
+    throttle: ThrottlePolicy
+    limiter: ConcurrencyLimiter | None  # None: no max_concurrent
+    queue_timeout: float
+    clock: Clock
+    events: RouteEvents
 
     @property
     def name(self) -> str:
