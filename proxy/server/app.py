@@ -36,7 +36,8 @@ from proxy.server.runtime import Runtime
 from proxy.server.startup import check_startup
 from proxy.server.state import ReloadResult, ServerState
 from proxy.server.tls import LocalCA
-from proxy.sessions.manager import RouteSessions, SessionStatus
+from proxy.sessions.lease import SessionStatus
+from proxy.sessions.manager import RouteSessions
 from proxy.sessions.stores import SessionStores, memory_stores, open_stores
 from proxy.upstream.client import Outbound
 
