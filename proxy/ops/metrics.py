@@ -137,6 +137,24 @@ class Metrics:
             buckets=LOGIN_BUCKETS,
             registry=r,
         )
+        self.reload_timestamp = Gauge(
+            "auth_proxy_config_last_reload_timestamp_seconds",
+            "When the config was last loaded or a reload was attempted (Unix time).",
+            registry=r,
+        )
+        self.reload_success = Gauge(
+            "auth_proxy_config_last_reload_success",
+            "1 if the last config load or reload succeeded, 0 if it failed.",
+            registry=r,
+        )
+        self._store_metrics(r)
+        self._forwarding_metrics(r)
+        r.register(SessionCollector(sessions, now))
+        self._routes: dict[str, _RouteChildren] = {}
+        self._unrouted = _RouteChildren(self, UNROUTED)
+
+    def _store_metrics(self, r: CollectorRegistry) -> None:
+        """Where sessions came from, and what the session store did."""
         self.session_sources = Counter(
             "auth_proxy_session_sources",
             "Sessions a route took into use, by where they came from: login (this "
@@ -165,16 +183,9 @@ class Metrics:
             ["route"],
             registry=r,
         )
-        self.reload_timestamp = Gauge(
-            "auth_proxy_config_last_reload_timestamp_seconds",
-            "When the config was last loaded or a reload was attempted (Unix time).",
-            registry=r,
-        )
-        self.reload_success = Gauge(
-            "auth_proxy_config_last_reload_success",
-            "1 if the last config load or reload succeeded, 0 if it failed.",
-            registry=r,
-        )
+
+    def _forwarding_metrics(self, r: CollectorRegistry) -> None:
+        """What vendor-aware forwarding did: throttling, pre-flight renewals, the queue."""
         self.throttled_responses = Counter(
             "auth_proxy_throttled_responses",
             "Vendor answers that said 'too many requests' (429, or 503 with Retry-After), "
@@ -201,9 +212,6 @@ class Metrics:
             buckets=QUEUE_BUCKETS,
             registry=r,
         )
-        r.register(SessionCollector(sessions, now))
-        self._routes: dict[str, _RouteChildren] = {}
-        self._unrouted = _RouteChildren(self, UNROUTED)
 
     def add_routes(self, names: Iterable[str]) -> None:
         """Create the series of ``names`` up front (at config build, not per request)."""
