@@ -43,6 +43,11 @@ def session_ids(sandbox: Sandbox) -> set[str]:
     return {r.headers["icSessionId"] for r in sandbox.state.requests_for("iics-pod")}
 
 
+def local_store(tmp_path: Path) -> dict[str, Any]:
+    """A ``session_store`` block for a local store in ``tmp_path``."""
+    return {"type": "local", "path": str(tmp_path / "state")}
+
+
 def redis_store(server: RedisServer, **extra: Any) -> dict[str, Any]:
     """A ``session_store`` block for ``server``, under a key prefix of its own."""
     prefix = f"fleet{next(_prefixes)}:"

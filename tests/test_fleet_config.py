@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import stat
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from fleet_support import AGENT
-from helpers import ROOT, iics_route, spawn_served, write_config
+from helpers import ROOT, iics_route, run_cli, spawn_served, write_config
 
 from proxy.config import ConfigError, parse_config
 from proxy.core.secrets import Secret
@@ -87,10 +86,15 @@ def test_wrong_store_settings_name_their_key() -> None:
     ]
 
 
+@pytest.mark.parametrize("where", ["xdg", "state_dir"])
 async def test_the_default_store_lives_in_a_private_state_directory(
-    sandbox: Sandbox, serve_process, tmp_path: Path, unused_tcp_port: int
+    sandbox: Sandbox, tmp_path: Path, unused_tcp_port: int, where: str
 ) -> None:
-    state = Path(os.environ["XDG_STATE_HOME"]) / "auth-proxy"  # a test's own, never ~/.local
+    xdg = Path(os.environ["XDG_STATE_HOME"]) / "auth-proxy"  # a test's own, never ~/.local
+    # With a state directory (the container's volume, AUTH_PROXY_STATE_DIR), the sessions
+    # live there: not in a home directory a read-only image cannot write.
+    env = {"AUTH_PROXY_STATE_DIR": str(tmp_path / "state")} if where == "state_dir" else {}
+    state = tmp_path / "state" / "sessions" if env else xdg
     config = tmp_path / "config.yaml"
     write_config(
         config,
@@ -98,13 +102,18 @@ async def test_the_default_store_lives_in_a_private_state_directory(
         listen={"host": "127.0.0.1", "port": unused_tcp_port},
         session_store={"type": "local"},
     )
-    served = await serve_process(config, unused_tcp_port)
-    async with aiohttp.ClientSession() as http, http.get(served.url(AGENT)) as resp:
-        assert resp.status == 200
+    served = await spawn_served(config, unused_tcp_port, tmp_path, env=env)
+    try:
+        async with aiohttp.ClientSession() as http, http.get(served.url(AGENT)) as resp:
+            assert resp.status == 200
+        served.proc.send_signal(signal.SIGTERM)
+        await served.finish()
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / "store.key").stat().st_mode) == 0o600
-    served.proc.send_signal(signal.SIGTERM)
-    await served.finish()
+    assert xdg.exists() == (where == "xdg")
 
 
 async def test_an_unusable_default_directory_is_said_once_and_runs_as_memory(
@@ -138,16 +147,6 @@ async def test_an_unusable_default_directory_is_said_once_and_runs_as_memory(
     assert str(blocker) in warnings[0]["reason"]
 
 
-def serve_or_check(command: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", command, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-
-
 def test_an_explicit_path_that_cannot_be_used_fails_check_and_serve(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
@@ -161,39 +160,11 @@ def test_an_explicit_path_that_cannot_be_used_fails_check_and_serve(tmp_path: Pa
         )
         # check runs serve's start-up checks: it must not say "ok" to what serve refuses.
         for command in ("check", "serve"):
-            result = serve_or_check(command, config)
+            result = run_cli(command, "-c", str(config))
             assert result.returncode == 2, (command, result.stderr)
             line = f"config error: session_store.path: {blocker / 'state'} cannot be used"
             assert line in result.stderr, (command, result.stderr)
             assert "Traceback" not in result.stderr
-
-
-async def test_the_default_store_is_in_the_state_directory_when_there_is_one(
-    sandbox: Sandbox, tmp_path: Path, unused_tcp_port: int
-) -> None:
-    # As in the container: AUTH_PROXY_STATE_DIR names its volume, and the sessions must
-    # live there, not in a home directory the read-only image cannot write.
-    state = tmp_path / "state"
-    config = tmp_path / "config.yaml"
-    write_config(
-        config,
-        [iics_route(sandbox)],
-        listen={"host": "127.0.0.1", "port": unused_tcp_port},
-        session_store={"type": "local"},
-    )
-    served = await spawn_served(
-        config, unused_tcp_port, tmp_path, env={"AUTH_PROXY_STATE_DIR": str(state)}
-    )
-    try:
-        async with aiohttp.ClientSession() as http, http.get(served.url(AGENT)) as resp:
-            assert resp.status == 200
-        served.proc.send_signal(signal.SIGTERM)
-        await served.finish()
-    finally:
-        if served.proc.poll() is None:
-            served.proc.kill()
-    assert stat.S_IMODE((state / "sessions" / "store.key").stat().st_mode) == 0o600
-    assert not (Path(os.environ["XDG_STATE_HOME"]) / "auth-proxy").exists()
 
 
 async def test_an_unreadable_store_key_stops_the_start(tmp_path: Path) -> None:

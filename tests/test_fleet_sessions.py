@@ -10,7 +10,6 @@ import contextlib
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,18 @@ import pytest
 from fleet_support import (
     AGENT,
     NON_SIMPLE,
+    local_store,
     logins,
     logouts,
     redis_store,
     session_ids,
 )
-from helpers import ROOT, base, iics_route, wait_for, write_config
+from helpers import base, iics_route, run_cli, wait_for, write_config
 from store_support import RedisServer
 
 from proxy.config import parse_config
 from proxy.sandbox import Sandbox
 from proxy.server.app import ProxyServer
-
-
-def local_store(tmp_path: Path) -> dict[str, Any]:
-    return {"type": "local", "path": str(tmp_path / "state")}
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -219,16 +215,6 @@ async def test_the_logout_endpoint_ends_the_stored_session_for_every_process(
     assert logins(sandbox) == 2
     status, body = await post(http, base(first, "/-/sessions/nope/logout"), headers=NON_SIMPLE)
     assert (status, body["error"]["code"]) == (404, "no_route")
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 async def test_the_logout_command_logs_out_in_the_running_proxy_or_from_the_store(

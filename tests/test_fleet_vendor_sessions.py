@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fleet_support import AGENT, logins, redis_store
+from fleet_support import AGENT, local_store, logins, redis_store
 from helpers import base, iics_route, write_config
 from store_support import RedisServer
 
@@ -20,10 +20,6 @@ from proxy.core.clock import ManualClock
 from proxy.sandbox import Sandbox
 
 IMPORT = "/iics/saas/public/core/v3/import/package"
-
-
-def local_store(tmp_path: Path) -> dict[str, Any]:
-    return {"type": "local", "path": str(tmp_path / "state")}
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> int:
@@ -74,6 +70,22 @@ async def test_the_orgs_idle_timeout_travels_with_the_stored_session(
     assert not logs.events("replaying_after_reauth")
 
 
+async def stored_by_a_stopped_process(
+    serve_process, sandbox: Sandbox, tmp_path: Path, port: int, route: dict[str, Any]
+) -> str:
+    """A ``serve`` process logs in with the local store in ``tmp_path`` and stops (its
+    stored session stays for the next process); the session id it used."""
+    config = tmp_path / "config.yaml"
+    listen = {"host": "127.0.0.1", "port": port}
+    write_config(config, [route], listen=listen, session_store=local_store(tmp_path))
+    before = await serve_process(config, port)
+    async with aiohttp.ClientSession() as http:
+        assert await get(http, before.url(AGENT)) == 200
+    before.proc.send_signal(signal.SIGTERM)
+    await before.finish()
+    return pod_session(sandbox, "/saas/api/v2/agent")
+
+
 async def test_a_large_upload_after_a_restart_gets_a_fresh_session_first(
     sandbox: Sandbox,
     serve_process,
@@ -84,21 +96,15 @@ async def test_a_large_upload_after_a_restart_gets_a_fresh_session_first(
     clock: ManualClock,
     logs,
 ) -> None:
-    store = local_store(tmp_path)
     route = iics_route(sandbox, upstream={"retry_body_limit": 1024})
-    config = tmp_path / "config.yaml"
-    listen = {"host": "127.0.0.1", "port": unused_tcp_port}
-    write_config(config, [route], listen=listen, session_store=store)
-    before = await serve_process(config, unused_tcp_port)
-    assert await get(http, before.url(AGENT)) == 200
-    stored = pod_session(sandbox, "/saas/api/v2/agent")
-    before.proc.send_signal(signal.SIGTERM)
-    await before.finish()  # the stored session stays, for the next process
+    stored = await stored_by_a_stopped_process(
+        serve_process, sandbox, tmp_path, unused_tcp_port, route
+    )
     # The vendor forgot it meanwhile (an admin, another tool's logout); the process that
     # used it is gone, so nobody has said so to the store.
     sandbox.state.expire_all_sessions()
     clock.advance(60)
-    after = await make_proxy(routes=[route], session_store=store)
+    after = await make_proxy(routes=[route], session_store=local_store(tmp_path))
     async with http.post(base(after, IMPORT), data=b"x" * 65536) as resp:
         assert resp.status == 200, await resp.text()
     assert logins(sandbox) == 2
@@ -120,17 +126,10 @@ async def test_a_small_first_request_after_a_restart_takes_the_stored_session(
     clock: ManualClock,
     logs,
 ) -> None:
-    store = local_store(tmp_path)
     route = iics_route(sandbox, upstream={"retry_body_limit": 1024})
-    config = tmp_path / "config.yaml"
-    listen = {"host": "127.0.0.1", "port": unused_tcp_port}
-    write_config(config, [route], listen=listen, session_store=store)
-    before = await serve_process(config, unused_tcp_port)
-    assert await get(http, before.url(AGENT)) == 200
-    before.proc.send_signal(signal.SIGTERM)
-    await before.finish()
+    await stored_by_a_stopped_process(serve_process, sandbox, tmp_path, unused_tcp_port, route)
     clock.advance(60)
-    after = await make_proxy(routes=[route], session_store=store)
+    after = await make_proxy(routes=[route], session_store=local_store(tmp_path))
     # A body small enough to replay after a 401 is not held back for a renewal.
     async with http.post(base(after, IMPORT), data=b"x" * 100) as resp:
         assert resp.status == 200
