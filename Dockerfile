@@ -1,7 +1,7 @@
 # auth-proxy: slim, non-root image. Build: docker build -t auth-proxy .
 # The config is read from /etc/auth-proxy/config.yaml (mount it; see docker-compose.yml).
-# What the proxy writes (the forward-proxy CA, the workers' lockouts) goes to the state
-# volume /var/lib/auth-proxy, so the root file system may be read-only:
+# What the proxy writes (the forward-proxy CA, the session store in sessions/) goes to
+# the state volume /var/lib/auth-proxy, so the root file system may be read-only:
 #   docker run --read-only --tmpfs /tmp -v auth-proxy-state:/var/lib/auth-proxy ...
 
 FROM python:3.11-slim AS build

@@ -644,6 +644,9 @@ class Bench:
             "workers": workers,
             "shutdown_timeout": 1,
             "upstream": {"trust_env": False},
+            # Per process, as the figures have always been taken: bench/fleet.py compares
+            # the stores (and never writes to the user's state directory).
+            "session_store": {"type": "memory"},
             "routes": [
                 {"name": "iics", "match": {"prefix": "/iics"}, "auth": iics},
                 api_key_route("key", self.upstream_url),

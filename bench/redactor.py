@@ -111,7 +111,11 @@ async def main(logins: int) -> None:
         run_sandbox(SandboxState(clock=clock)) as sandbox,
         aiohttp.ClientSession() as http,
     ):
-        config = {"listen": {"host": "127.0.0.1", "port": 0}, "routes": routes(sandbox)}
+        config = {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "session_store": {"type": "memory"},  # this process only, nothing on disk
+            "routes": routes(sandbox),
+        }
         server = ProxyServer(parse_config(config), clock=clock)
         await server.start()
 

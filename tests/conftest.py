@@ -55,6 +55,15 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def state_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A default session store opens in a directory of the test's own, never the user's
+    ~/.local/state (processes the test starts inherit it)."""
+    path = tmp_path_factory.mktemp("xdg-state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
 def logs() -> Iterator[LogCapture]:
     """Every test logs JSON at debug level into a buffer it can inspect."""
     capture = LogCapture()
@@ -115,10 +124,15 @@ async def run_proxy() -> AsyncIterator[RunProxy]:
 
 @pytest.fixture
 def make_proxy(clock: ManualClock, run_proxy: RunProxy) -> ProxyFactory:
-    """``await make_proxy(routes=[...], **top_level)`` → a started ``ProxyServer``."""
+    """``await make_proxy(routes=[...], **top_level)`` → a started ``ProxyServer``; its
+    sessions are per process (``session_store: memory``) unless the test asks otherwise."""
 
     async def factory(*, routes: list[dict[str, Any]], **top: Any) -> ProxyServer:
-        data: dict[str, Any] = {"listen": {"host": "127.0.0.1", "port": 0}, **top}
+        data: dict[str, Any] = {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "session_store": {"type": "memory"},
+            **top,
+        }
         data["routes"] = routes
         return await run_proxy(ProxyServer(parse_config(data), clock=clock))
 

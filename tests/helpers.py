@@ -105,7 +105,14 @@ def ivanti_session_route(
 
 
 def write_config(path: Path, routes: list[dict[str, Any]], **top: Any) -> None:
-    data = {"listen": {"host": "127.0.0.1", "port": 0}, **top, "routes": routes}
+    """A config file; its sessions are per process (``session_store: memory``) unless
+    ``top`` says otherwise."""
+    data = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "session_store": {"type": "memory"},
+        **top,
+        "routes": routes,
+    }
     path.write_text(yaml.safe_dump(data))
 
 

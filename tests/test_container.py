@@ -21,6 +21,7 @@ from test_docker import compose, dockerfile, env_of, final_stage, one, proxy_ser
 
 from proxy.config.load import load_config
 from proxy.sandbox import Sandbox
+from proxy.store import default_directory
 
 STATE = "/var/lib/auth-proxy"
 
@@ -70,6 +71,9 @@ def test_the_container_config_keeps_its_state_in_the_volume() -> None:
     assert config.state_dir == STATE
     assert config.forward_proxy.ca.cert == f"{STATE}/ca.pem"
     assert config.forward_proxy.ca.key == f"{STATE}/ca-key.pem"
+    # The default session store: local, in the volume (the image has no writable home).
+    assert (config.session_store.type, config.session_store.path) == ("local", None)
+    assert default_directory(config.state_dir) == Path(STATE) / "sessions"
 
 
 def test_the_image_installs_what_the_build_stage_built() -> None:
@@ -80,27 +84,40 @@ def test_the_image_installs_what_the_build_stage_built() -> None:
     assert any(ins == "RUN" and f"--prefix={source}" in a for ins, a in steps)
 
 
-async def test_workers_keep_their_lockouts_in_the_state_directory(
-    sandbox: Sandbox, tmp_path: Path, unused_tcp_port: int
+@pytest.mark.parametrize("store", ["memory", "local"])
+async def test_workers_keep_what_they_share_in_the_state_directory(
+    sandbox: Sandbox, tmp_path: Path, unused_tcp_port: int, store: str
 ) -> None:
-    # --read-only with workers: 2 failed for want of a temp directory.
+    # --read-only with workers: 2 failed for want of a temp directory. They share login
+    # verdicts: in the session store (local: <state>/sessions, kept for the next run) or,
+    # with sessions in memory, in a directory of this run's.
     state = tmp_path / "state"
     config = tmp_path / "config.yaml"
     listen = {"host": "127.0.0.1", "port": unused_tcp_port}
-    write_config(config, [ivanti_key_route(sandbox)], listen=listen, workers=2)
+    write_config(
+        config,
+        [ivanti_key_route(sandbox)],
+        listen=listen,
+        workers=2,
+        session_store={"type": store},
+    )
     served = await spawn_served(
         config, unused_tcp_port, tmp_path, env={"AUTH_PROXY_STATE_DIR": str(state)}
     )
     try:
-        boards = [p.name for p in state.iterdir()]
-        assert len(boards) == 1 and boards[0].startswith("auth-proxy-lockouts-")
+        kept = [p.name for p in state.iterdir()]
+        if store == "memory":
+            assert len(kept) == 1 and kept[0].startswith("auth-proxy-run-")
+        else:
+            assert kept == ["sessions"]
         served.proc.terminate()
         await served.finish()
     finally:
         if served.proc.poll() is None:
             served.proc.kill()
             served.proc.wait()
-    assert list(state.iterdir()) == []  # the board goes with the run
+    # The run's directory goes with the run; the session store stays for the next one.
+    assert [p.name for p in state.iterdir()] == ([] if store == "memory" else ["sessions"])
 
 
 def pid1_supported() -> bool:

@@ -1,4 +1,5 @@
-"""Command line: ``auth-proxy [-c FILE] [serve|check|clear|health|demo|sandbox|ca|completion]``.
+"""Command line: ``auth-proxy [-c FILE] COMMAND``, the commands being serve, check, clear,
+logout, health, demo, sandbox, ca and completion.
 
 Exit codes: 0 ok, 2 invalid config or usage (one line per problem, each naming its key
 path, no traceback), 1 runtime failure.
@@ -14,13 +15,14 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from proxy import __version__
 from proxy.cli.run import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, load, require_free, run
 from proxy.config import ConfigError
 from proxy.config.overrides import CONFIG, LISTEN, LOG_LEVEL, STATE_DIR, Setting
 
-COMMANDS = ("serve", "check", "clear", "health", "demo", "sandbox", "ca", "completion")
+COMMANDS = ("serve", "check", "clear", "logout", "health", "demo", "sandbox", "ca", "completion")
 SHELLS = ("bash", "zsh", "tcsh")
 
 
@@ -53,6 +55,24 @@ def _config_flags(parser: argparse.ArgumentParser, completions: Completions) -> 
         _add(parser, setting, *short, completions=completions, default=argparse.SUPPRESS)
 
 
+def _running_proxy_commands(sub: Any, completions: Completions) -> None:
+    """The commands that act on the running proxy the config describes."""
+    clear = sub.add_parser(
+        "clear", help="lift a route's login lockout in the running proxy (all workers)"
+    )
+    clear.add_argument("route")
+    _config_flags(clear, completions)
+
+    health = sub.add_parser(
+        "health", help="exit 0 if the proxy this config describes answers /-/healthz"
+    )
+    _config_flags(health, completions)
+
+    logout = sub.add_parser("logout", help="end routes' sessions (all if none named)")
+    logout.add_argument("routes", nargs="*", metavar="ROUTE")
+    _config_flags(logout, completions)
+
+
 def build_parser(completions: Completions | None = None) -> argparse.ArgumentParser:
     """The parser; ``completions`` marks which flags take files or directories (shtab)."""
     completions = completions or {}
@@ -75,16 +95,7 @@ def build_parser(completions: Completions | None = None) -> argparse.ArgumentPar
     )
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
-    clear = sub.add_parser(
-        "clear", help="lift a route's login lockout in the running proxy (all workers)"
-    )
-    clear.add_argument("route")
-    _config_flags(clear, completions)
-
-    health = sub.add_parser(
-        "health", help="exit 0 if the proxy this config describes answers /-/healthz"
-    )
-    _config_flags(health, completions)
+    _running_proxy_commands(sub, completions)
 
     demo = sub.add_parser("demo", help="run the sandbox and the proxy in front of it")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
@@ -138,6 +149,23 @@ def export_flags(args: argparse.Namespace) -> None:
             os.environ[setting.variable] = value
 
 
+def _running_proxy_command(command: str, args: argparse.Namespace) -> int | None:
+    """Run ``clear``, ``logout`` or ``health``; None for any other command."""
+    if command == "clear":
+        from proxy.cli.clear import clear_command
+
+        return clear_command(load(args.config), args.route)
+    if command == "logout":
+        from proxy.cli.logout import logout_command
+
+        return logout_command(load(args.config), args.routes)
+    if command == "health":
+        from proxy.cli.health import health_command
+
+        return health_command(load(args.config))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
@@ -152,14 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.cli.check import check_command
 
             return check_command(args.config, args.login, as_json=args.json)
-        if command == "clear":
-            from proxy.cli.clear import clear_command
-
-            return clear_command(load(args.config), args.route)
-        if command == "health":
-            from proxy.cli.health import health_command
-
-            return health_command(load(args.config))
+        if (code := _running_proxy_command(command, args)) is not None:
+            return code
         if command == "demo":
             from proxy.cli.demo import run_demo
 

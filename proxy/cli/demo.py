@@ -76,6 +76,7 @@ def demo_config(urls: SandboxUrls, port: int, tenant: str) -> dict[str, Any]:
     return {
         "listen": {"host": "127.0.0.1", "port": port},
         "log": {"level": "info", "format": "console"},
+        "session_store": {"type": "memory"},  # the sandbox's sessions end with it
         "routes": [
             {"name": name, "match": {"prefix": f"/{name}"}, "auth": auth} for name, auth in routes
         ],
@@ -109,6 +110,7 @@ def forward_demo_config(urls: SandboxUrls, port: int, state_dir: Path) -> dict[s
     return {
         "listen": {"host": "127.0.0.1", "port": port},
         "log": {"level": "info", "format": "console"},
+        "session_store": {"type": "memory"},  # the sandbox's sessions end with it
         "upstream": {
             "ca_bundle": str(state_dir / "sandbox-ca.pem"),
             "resolve": {

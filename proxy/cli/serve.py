@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import socket
+import tempfile
+import time
 from pathlib import Path
 
 import structlog
 
 from proxy.cli.run import EXIT_OK, install_uvloop, on_stop_signals, run
 from proxy.config import Config, default_config_path
+from proxy.config import SessionStore as StoreSettings
 from proxy.config.load import load_config
 from proxy.ops.logs import setup_logging
 from proxy.server.app import ProxyServer
 from proxy.server.listeners import Sockets
 from proxy.server.preflight import check_preflight
 from proxy.server.supervisor import Supervisor
-from proxy.sessions.lockout import LockoutBoard
+from proxy.sessions.stores import effective_settings
 
 
 def serve_command(config_arg: str | None) -> int:
@@ -26,12 +30,25 @@ def serve_command(config_arg: str | None) -> int:
     check_preflight(config)  # the same checks as `auth-proxy check`
     setup_logging(config.log.level, config.log.format)
     if config.workers > 1:
+        # Decided once, before the workers start: a store that cannot be opened stops
+        # the start, and an unusable default location is reported once.
+        settings = asyncio.run(
+            effective_settings(config.session_store, time.time, config.state_dir)
+        )
+        # Sessions in memory are per worker; their login verdicts are still shared.
+        run_dir = _run_directory(config.state_dir) if settings.type == "memory" else None
 
-        def worker(sockets: Sockets, board: LockoutBoard) -> int:
+        def worker(sockets: Sockets) -> int:
             install_uvloop()
-            return asyncio.run(serve(config, config_path, sockets=sockets, lockouts=board))
+            return asyncio.run(
+                serve(config, config_path, sockets=sockets, store=settings, run_dir=run_dir)
+            )
 
-        return Supervisor(config, worker).run()
+        try:
+            return Supervisor(config, worker).run()
+        finally:
+            if run_dir is not None:
+                shutil.rmtree(run_dir, ignore_errors=True)
     return run(serve(config, config_path))
 
 
@@ -40,9 +57,10 @@ async def serve(
     config_path: Path | None = None,
     *,
     sockets: dict[tuple[str, int], socket.socket] | None = None,
-    lockouts: LockoutBoard | None = None,
+    store: StoreSettings | None = None,
+    run_dir: Path | None = None,
 ) -> int:
-    server = ProxyServer(config, config_path=config_path, lockouts=lockouts)
+    server = ProxyServer(config, config_path=config_path, store_settings=store, run_dir=run_dir)
     await server.start(sockets)
     stop = asyncio.Event()
 
@@ -56,3 +74,12 @@ async def serve(
     finally:
         await server.stop()
     return EXIT_OK
+
+
+def _run_directory(state_dir: str | None) -> Path:
+    """A fresh directory for this run's shared verdicts: in the state directory (a
+    container's writable volume, where the rest of the file system may be read-only),
+    else in the system's temporary directory."""
+    if state_dir is not None:
+        Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="auth-proxy-run-", dir=state_dir))

@@ -8,9 +8,10 @@ old and new settings). Problems are reported all at once in a ``ConfigError``: o
 each, in file order, starting with the key path.
 
 The modules, bottom up: ``errors``, ``fields`` (the strict base model and field parsers),
-``interpolate``, ``upstream``, ``auth`` (one model per auth type), ``model`` (the file's
-shape), ``problems`` (pydantic's errors in plain words), ``parse``, ``load``. This package
-re-exports the public names, so ``from proxy.config import Config`` is the usual import.
+``interpolate``, ``upstream``, ``auth`` (one model per auth type), ``store`` (the session
+store), ``model`` (the file's shape), ``problems`` (pydantic's errors in plain words),
+``parse``, ``load``. This package re-exports the public names, so
+``from proxy.config import Config`` is the usual import.
 """
 
 from proxy.config.auth import (
@@ -44,6 +45,7 @@ from proxy.config.model import (
     Route,
 )
 from proxy.config.parse import default_config_path, parse_config
+from proxy.config.store import SessionStore
 from proxy.config.upstream import HostPort, ResolveRule, UpstreamOverride, UpstreamSettings
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "ResolveRule",
     "Route",
     "SalesforceLogin",
+    "SessionStore",
     "SessionTuning",
     "UpstreamOverride",
     "UpstreamSettings",

@@ -15,6 +15,7 @@ from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from proxy.config.auth import AuthConfig
 from proxy.config.fields import SecretField, StrictModel, resolve_path, state_path
+from proxy.config.store import SessionStore
 from proxy.config.upstream import UpstreamOverride, UpstreamSettings
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -184,9 +185,10 @@ class Config(StrictModel):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     forward_proxy: ForwardProxy = Field(default_factory=dict, validate_default=True)
     allowed_origins: tuple[BrowserOrigin, ...] = ()
-    # Where the proxy keeps what it writes (the forward-proxy CA, the workers' lockouts).
-    # None: the CA next to the config file, lockouts in the system's temp directory.
+    # Where the proxy keeps what it writes (the forward-proxy CA, the session store). None:
+    # the CA next to the config file, the store in the user's XDG state directory.
     state_dir: str | None = None
+    session_store: SessionStore = Field(default_factory=SessionStore)
     routes: tuple[Route, ...] = Field(min_length=1)
 
     _state_dir = field_validator("state_dir")(resolve_path)

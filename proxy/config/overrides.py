@@ -42,7 +42,7 @@ STATE_DIR = Setting(
     "AUTH_PROXY_STATE_DIR",
     "--state-dir",
     "DIR",
-    "instead of state_dir: where the forward-proxy CA and the workers' lockouts are kept",
+    "instead of state_dir: where the forward-proxy CA and the session store are kept",
     "dir",
 )
 SETTINGS = (CONFIG, LISTEN, LOG_LEVEL, STATE_DIR)

@@ -23,6 +23,9 @@ UNROUTED = ""  # the route label of requests that matched no route
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 QUEUE_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
 LOGIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+# Session store operations: a local SQLite write or a Redis round trip is milliseconds; a
+# "flight" (waiting for a login, this process's or another's) takes as long as the login.
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 CLIENT_ABORTED = 499  # nginx's convention: its own label, so neither 4xx nor 5xx alerts see it
 
@@ -89,7 +92,8 @@ class SessionCollector:
             ),
             GaugeMetricFamily(
                 "auth_proxy_logins_last_hour",
-                "Logins (not renewals) the route made in the last hour: each may take a "
+                "Logins (not renewals) the route made in this process in the last hour (a "
+                "session taken from the store is another process's login): each may take a "
                 "vendor licence; more than its idle timeout explains is logged as a warning.",
                 labels=["route"],
             ),
@@ -143,6 +147,45 @@ class Metrics:
             "1 if the last config load or reload succeeded, 0 if it failed.",
             registry=r,
         )
+        self._store_metrics(r)
+        self._forwarding_metrics(r)
+        r.register(SessionCollector(sessions, now))
+        self._routes: dict[str, _RouteChildren] = {}
+        self._unrouted = _RouteChildren(self, UNROUTED)
+
+    def _store_metrics(self, r: CollectorRegistry) -> None:
+        """Where sessions came from, and what the session store did."""
+        self.session_sources = Counter(
+            "auth_proxy_session_sources",
+            "Sessions a route took into use, by where they came from: login (this "
+            "process logged in), another_process (a worker or replica, via the session "
+            "store), restart (a process of this host that no longer runs).",
+            ["route", "source"],
+            registry=r,
+        )
+        self.store_operations = Counter(
+            "auth_proxy_store_operations",
+            "Session store operations, by operation and result (ok, unavailable).",
+            ["op", "result"],
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "auth_proxy_store_operation_seconds",
+            "Time a session store operation took, by operation.",
+            ["op"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.store_fallbacks = Counter(
+            "auth_proxy_store_fallbacks",
+            "Logins a route ran for this process alone because the session store could "
+            "not be reached.",
+            ["route"],
+            registry=r,
+        )
+
+    def _forwarding_metrics(self, r: CollectorRegistry) -> None:
+        """What vendor-aware forwarding did: throttling, pre-flight renewals, the queue."""
         self.throttled_responses = Counter(
             "auth_proxy_throttled_responses",
             "Vendor answers that said 'too many requests' (429, or 503 with Retry-After), "
@@ -169,9 +212,6 @@ class Metrics:
             buckets=QUEUE_BUCKETS,
             registry=r,
         )
-        r.register(SessionCollector(sessions, now))
-        self._routes: dict[str, _RouteChildren] = {}
-        self._unrouted = _RouteChildren(self, UNROUTED)
 
     def add_routes(self, names: Iterable[str]) -> None:
         """Create the series of ``names`` up front (at config build, not per request)."""
@@ -180,6 +220,7 @@ class Metrics:
                 self._routes[name] = _RouteChildren(self, name)
                 self.logins.labels(name, "ok")
                 self.login_seconds.labels(name)
+                self.store_fallbacks.labels(name)
 
     def throttled(self, route: str, retried: bool) -> None:
         self.throttled_responses.labels(route, "retried" if retried else "passed_on").inc()
@@ -207,6 +248,16 @@ class Metrics:
     def login(self, route: str, result: str, seconds: float) -> None:
         self.logins.labels(route, result).inc()
         self.login_seconds.labels(route).observe(seconds)
+
+    def store_op(self, op: str, seconds: float, ok: bool) -> None:
+        self.store_operations.labels(op, "ok" if ok else "unavailable").inc()
+        self.store_seconds.labels(op).observe(seconds)
+
+    def store_fallback(self, route: str) -> None:
+        self.store_fallbacks.labels(route).inc()
+
+    def session_source(self, route: str, source: str) -> None:
+        self.session_sources.labels(route, source).inc()
 
     def reloaded(self, ok: bool, when: float) -> None:
         self.reload_timestamp.set(when)

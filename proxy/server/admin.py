@@ -1,9 +1,9 @@
 """Admin endpoints under the reserved ``/-/`` prefix (README, "Endpoints").
 
 ``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
-show a secret. ``POST /-/reload`` and ``POST /-/sessions/<route>/clear`` change state, so
-only loopback clients may call them, with a request no HTML form can send
-(``guard.check_state_change``).
+show a secret. ``POST /-/reload``, ``POST /-/sessions/<route>/clear`` and
+``POST /-/sessions/<route>/logout`` change state, so only loopback clients may call them,
+with a request no HTML form can send (``guard.check_state_change``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from proxy.ops.metrics import CONTENT_TYPE
 from proxy.server.guard import check_state_change
 from proxy.server.responses import error_response
 from proxy.server.state import ServerState
+from proxy.upstream.route import RouteRuntime
 
 
 def _iso(ts: float | None) -> str | None:
@@ -34,6 +36,10 @@ def _iso(ts: float | None) -> str | None:
 
 SESSIONS = "/-/sessions/"
 CLEAR = "/clear"
+LOGOUT = "/logout"
+# /-/sessions asks the store who holds each login lease; an unreachable store answers
+# within its own timeout, and the page must not wait longer than that.
+DESCRIBE_TIMEOUT = 3.0
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -60,7 +66,7 @@ class Admin:
                 return _json({"status": "draining"}, 503)
             return _json({"status": "ready"})
         if path == "/-/sessions":
-            return _json(self.sessions())
+            return _json(await self.sessions())
         if path == "/-/metrics":
             return web.Response(
                 body=self.state.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
@@ -68,7 +74,9 @@ class Admin:
         if path == "/-/reload":
             return await self.reload(request)
         if path.startswith(SESSIONS) and path.endswith(CLEAR):
-            return self.clear(request, path[len(SESSIONS) : -len(CLEAR)])
+            return await self.clear(request, path[len(SESSIONS) : -len(CLEAR)])
+        if path.startswith(SESSIONS) and path.endswith(LOGOUT):
+            return await self.logout(request, path[len(SESSIONS) : -len(LOGOUT)])
         return error_response(NoRoute(f"no admin endpoint {path}"))
 
     async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -93,22 +101,47 @@ class Admin:
             }
         )
 
-    def clear(self, request: web.BaseRequest, route: str) -> web.StreamResponse:
-        """Lift one route's login lockout (in every worker): the operator says "try again"."""
+    def _state_change(
+        self, request: web.BaseRequest, route: str, action: str, what: str
+    ) -> RouteRuntime | web.StreamResponse:
+        """The route a state-changing call is for, or the answer refusing the call."""
         if request.method != "POST":
-            return _post_only("use POST to clear a lockout")
+            return _post_only(f"use POST to {what}")
         if not is_loopback(request.remote or ""):
-            return error_response(Forbidden("clear is only accepted from a loopback address"))
+            return error_response(Forbidden(f"{action} is only accepted from a loopback address"))
         check_state_change(request)  # raises; rendered by the request handler
         rt = self.state.runtime.routes.get(route)
         if rt is None:
             return error_response(NoRoute(f"no route named {route!r}"))
-        lifted = rt.sessions.clear_lockout()
+        return rt
+
+    async def clear(self, request: web.BaseRequest, route: str) -> web.StreamResponse:
+        """Lift one route's login rejection (in every process sharing the store): the
+        operator says "try again"."""
+        rt = self._state_change(request, route, "clear", "clear a lockout")
+        if not isinstance(rt, RouteRuntime):
+            return rt
+        lifted = await asyncio.shield(rt.sessions.clear_lockout())
         return _json({"status": "cleared", "route": route, "lockout": lifted})
 
-    def sessions(self) -> dict[str, Any]:
+    async def logout(self, request: web.BaseRequest, route: str) -> web.StreamResponse:
+        """End one route's session at the vendor and remove it from the store."""
+        rt = self._state_change(request, route, "logout", "log a session out")
+        if not isinstance(rt, RouteRuntime):
+            return rt
+        had = await asyncio.shield(logout_route(self.state.runtime.routes.values(), rt))
+        return _json({"status": "logged_out", "route": route, "session": had})
+
+    async def sessions(self) -> dict[str, Any]:
+        routes = list(self.state.runtime.routes.items())
+        try:
+            described = await asyncio.wait_for(
+                asyncio.gather(*(rt.sessions.describe() for _, rt in routes)), DESCRIBE_TIMEOUT
+            )
+        except TimeoutError:
+            described = [{"store": rt.sessions.store_kind} for _, rt in routes]
         out: dict[str, Any] = {}
-        for name, rt in self.state.runtime.routes.items():
+        for (name, rt), store in zip(routes, described, strict=True):
             st = rt.sessions.status()
             out[name] = {
                 "type": rt.config.auth.type,
@@ -122,5 +155,18 @@ class Admin:
                 "idle_timeout_source": st.idle_timeout_source,
                 "logins_last_hour": st.logins_last_hour,
                 "logins_last_day": st.logins_last_day,
+                **store,
             }
         return out
+
+
+async def logout_route(routes: Iterable[RouteRuntime], rt: RouteRuntime) -> bool:
+    """Log ``rt``'s session out and make every route sharing it stop using it; True if
+    there was a session."""
+    key = rt.sessions.held_key or await rt.sessions.key()
+    had = await rt.sessions.logout()
+    if key is not None:
+        for other in routes:
+            if other is not rt:
+                other.sessions.forget(key)
+    return had

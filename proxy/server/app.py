@@ -2,7 +2,9 @@
 
 ``ProxyServer`` owns the ``ServerState`` (the runtime built from the config, the guard,
 the metrics), binds the listeners and hands each one the pipeline (``server.pipeline``).
-A reload builds a new runtime and swaps it in; shutdown drains, then logs sessions out.
+A reload builds a new runtime and swaps it in; shutdown drains, then logs out the
+sessions no other process can use. The session stores (``session_store``) are opened at
+start, kept across reloads and closed at stop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from proxy.config import Config, ConfigError
+from proxy.config import SessionStore as StoreSettings
 from proxy.config.load import load_config
 from proxy.core.clock import Clock
 from proxy.core.errors import ProxyError
@@ -33,8 +36,9 @@ from proxy.server.runtime import Runtime
 from proxy.server.startup import check_startup
 from proxy.server.state import ReloadResult, ServerState
 from proxy.server.tls import LocalCA
-from proxy.sessions.lockout import LocalLockouts, Lockouts
-from proxy.sessions.manager import SessionStatus
+from proxy.sessions.lease import SessionStatus
+from proxy.sessions.manager import RouteSessions
+from proxy.sessions.stores import SessionStores, memory_stores, open_stores
 from proxy.upstream.client import Outbound
 
 log = structlog.get_logger("auth_proxy")
@@ -55,11 +59,18 @@ class ProxyServer:
         *,
         clock: Clock | None = None,
         config_path: Path | str | None = None,
-        lockouts: Lockouts | None = None,
+        store_settings: StoreSettings | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         self.clock = clock or Clock()
-        # Kept across reloads; shared with sibling workers when there are any.
-        self.lockouts = lockouts if lockouts is not None else LocalLockouts()
+        # Per process until start() opens the configured store (``check --login`` never
+        # does: it logs in for real and logs out). ``store_settings`` replaces the
+        # config's (a supervisor that found the default location unusable); ``run_dir``
+        # is where workers share login verdicts when sessions are kept in memory.
+        self.stores: SessionStores = memory_stores(self.clock.now)
+        self._store_settings = store_settings
+        self._run_dir = run_dir
+        self._stores_open = False
         self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
         self.metrics = Metrics(self._session_statuses, self.clock.now)
@@ -100,10 +111,9 @@ class ProxyServer:
             self.outbound,
             clock=self.clock,
             on_secret=REDACTOR.add,
-            on_login=self.metrics.login,
             metrics=self.metrics,
+            stores=self.stores,
             previous=previous,
-            lockouts=self.lockouts,
         )
         self.metrics.add_routes(runtime.routes)
         return runtime
@@ -114,8 +124,23 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ listeners
 
+    async def open_stores(self) -> None:
+        """Open the configured session store, once: it is kept across reloads. An
+        explicit location that cannot be used is a ``ConfigError``."""
+        if self._stores_open:
+            return
+        settings = self._store_settings or self.config.session_store
+        stores = await open_stores(
+            settings, self.clock.now, state_dir=self.config.state_dir, run_dir=self._run_dir
+        )
+        placeholder, self.stores = self.stores, stores
+        self._stores_open = True
+        self.state.runtime = self._build(self.config, None)  # its sessions use the store
+        await placeholder.close()
+
     async def start(self, sockets: Sockets | None = None) -> None:
         """Bind every listener. ``sockets`` may supply pre-bound ones (workers, tests)."""
+        await self.open_stores()
         sockets = dict(sockets or {})
         config = self.config
         await self.guard.load(config)
@@ -167,10 +192,12 @@ class ProxyServer:
     def reload(self, config: Config) -> ReloadResult:
         """Swap in ``config``; routes whose login settings are unchanged keep their sessions.
 
-        A route whose auth changed, or that is gone, is logged out at the vendor. A login
-        lockout holds until the route's credentials change: its secret sources are read
-        again at its next login attempt (a rotated password file is a change). Listeners
-        are not rebound; a change to them is reported as needing a restart.
+        The session of a route whose auth changed, or that is gone, is logged out at the
+        vendor unless another route (or, with a shared store, another process) still
+        uses it. A login rejection holds until the route's credentials change: its secret
+        sources are read again at its next request (a rotated password file is a change,
+        and the session made with the old one is not used again). Listeners are not
+        rebound; a change to them is reported as needing a restart.
         """
         previous = self.runtime
         self.state.runtime = self._build(config, previous)
@@ -190,7 +217,7 @@ class ProxyServer:
             if name not in self.runtime.routes:
                 result.removed.append(name)
             if rt.sessions not in kept:
-                logouts.append(self._spawn(rt.sessions.logout()))
+                logouts.append(self._spawn(self._release(rt.sessions, self.runtime)))
         self._retiring.add(previous)
         self._spawn(self._retire(previous, logouts))
         self.metrics.reloaded(True, self.clock.now())
@@ -232,6 +259,17 @@ class ProxyServer:
         live = [rt.client for r in (self.runtime, *self._retiring) for rt in r.routes.values()]
         await self.outbound.release_unused(live)
 
+    @staticmethod
+    async def _release(sessions: RouteSessions, runtime: Runtime) -> None:
+        """``sessions`` left the config: its session is logged out unless a route of
+        ``runtime`` has the same credentials (it goes on using it)."""
+        held = sessions.held_key
+        in_use = False
+        if held is not None:
+            keys = await asyncio.gather(*(rt.sessions.key() for rt in runtime.routes.values()))
+            in_use = held in keys
+        await sessions.release(in_use)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)  # the loop keeps only a weak reference
@@ -239,7 +277,8 @@ class ProxyServer:
         return task
 
     async def stop(self, *, drain_timeout: float | None = None) -> None:
-        """Answer new requests 503, drain in-flight ones, close, log sessions out.
+        """Answer new requests 503, drain in-flight ones, close, log out the sessions
+        that are this process's alone (README, "Sessions and the session store").
 
         The listeners stay open while draining so that clients (and ``/-/readyz``) get
         a clear 503 rather than a refused connection; nothing is forwarded any more.
@@ -254,13 +293,17 @@ class ProxyServer:
             await runner.cleanup()  # closes listeners and connections, cancels stragglers
         self._runners.clear()
         await self.logout_all()
+        await self.stores.close()
         await self.outbound.close()
         ACCESS_LOG.flush()
         log.info("stopped")
 
     async def logout_all(self) -> None:
-        """Log every session out, bounded to LOGOUT_BUDGET seconds in all."""
-        tasks: list[Awaitable[Any]] = [rt.sessions.logout() for rt in self.runtime.routes.values()]
+        """End every route's sessions for this process (stored ones stay for the next),
+        bounded to LOGOUT_BUDGET seconds in all."""
+        tasks: list[Awaitable[Any]] = [
+            rt.sessions.shutdown() for rt in self.runtime.routes.values()
+        ]
         tasks.extend(self._background)  # logouts of routes a reload removed or changed
         if not tasks:
             return
@@ -281,4 +324,6 @@ def _restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("log")
     if old.forward_proxy != new.forward_proxy:
         changed.append("forward_proxy")
+    if old.session_store != new.session_store:
+        changed.append("session_store")
     return changed

@@ -3,8 +3,9 @@ Checking a config in CI): a config that passes here starts, and can log in.
 
 Each problem is one line starting with the key to change. The checks read and bind, but
 change nothing: every secret source is resolved (a ``{command}`` is not run: it may hand
-out single-use tokens) and never shown; the forward-proxy CA and the state directory must
-be readable or creatable by this user; every fixed port must be free.
+out single-use tokens) and never shown; the forward-proxy CA, the state directory and an
+explicit ``session_store.path`` must be readable or creatable by this user; every fixed
+port must be free.
 """
 
 from __future__ import annotations
@@ -126,14 +127,17 @@ def _state(config: Config) -> list[str]:
                     )
     if config.state_dir is not None and (why := _uncreatable(Path(config.state_dir))):
         problems.append(f"state_dir: cannot write in {config.state_dir}: {why}")
-    if config.workers > 1 and config.state_dir is None:
+    store = config.session_store
+    if store.type == "local" and store.path is not None and (why := _uncreatable(Path(store.path))):
+        problems.append(f"session_store.path: {store.path} cannot be used: {why}")
+    if config.workers > 1 and config.state_dir is None and store.type == "memory":
         try:
             temp_problem = _uncreatable(Path(tempfile.gettempdir()))
         except FileNotFoundError:
             temp_problem = "there is no writable temporary directory"
         if temp_problem:
             problems.append(
-                f"workers: {config.workers} workers share their login lockouts through files, "
+                f"workers: {config.workers} workers share their login verdicts through files, "
                 f"and {temp_problem}; set state_dir (AUTH_PROXY_STATE_DIR) or TMPDIR"
             )
     return problems

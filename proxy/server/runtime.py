@@ -14,8 +14,10 @@ from proxy.core.errors import RouteBusy
 from proxy.flows import CREDENTIAL_HEADERS, flow_for
 from proxy.ops.metrics import Metrics
 from proxy.server.routing import Router
-from proxy.sessions.lockout import Lockouts
-from proxy.sessions.manager import LoginObserver, Register, RouteSessions
+from proxy.sessions.credentials import route_scope
+from proxy.sessions.lease import Register
+from proxy.sessions.manager import RouteSessions
+from proxy.sessions.stores import SessionStores
 from proxy.upstream.client import Outbound, RouteClient
 from proxy.upstream.limiter import ConcurrencyLimiter
 from proxy.upstream.route import RouteRuntime
@@ -39,6 +41,34 @@ def _limiter(route: str, limit: int | None, metrics: Metrics) -> ConcurrencyLimi
     return limiter
 
 
+def _sessions(
+    route: Route,
+    client: RouteClient,
+    clock: Clock,
+    on_secret: Register,
+    metrics: Metrics,
+    stores: SessionStores,
+) -> RouteSessions:
+    """New sessions for ``route``, logging in through ``client``."""
+    return RouteSessions(
+        route.name,
+        flow_for(route),
+        client.execute,
+        clock=clock,
+        idle_timeout=route.auth.idle_timeout,
+        idle_timeout_source=(
+            "config" if "idle_timeout" in route.auth.model_fields_set else "default"
+        ),
+        refresh_margin=route.auth.refresh_margin,
+        login_retry_after=route.auth.login_retry_after,
+        reauth_on=route.auth.reauth_on,
+        on_secret=on_secret,
+        observer=metrics,
+        stores=stores,
+        scope=route_scope(route.allowed_hosts, client.settings.resolve),
+    )
+
+
 class Runtime:
     def __init__(
         self,
@@ -47,10 +77,9 @@ class Runtime:
         *,
         clock: Clock,
         on_secret: Register,
-        on_login: LoginObserver,
         metrics: Metrics,
+        stores: SessionStores,
         previous: Runtime | None = None,
-        lockouts: Lockouts,
     ) -> None:
         self.config = config
         self.routes: dict[str, RouteRuntime] = {}
@@ -61,25 +90,12 @@ class Runtime:
         self._drained = asyncio.Event()
         self._drained.set()
         for route in config.routes:
-            client = outbound.client_for(route.name, config.upstream_for(route))
+            settings = config.upstream_for(route)
+            client = outbound.client_for(route.name, settings)
             kept = previous.reusable(route, client) if previous else None
-            sessions = kept or RouteSessions(
-                route.name,
-                flow_for(route),
-                client.execute,
-                clock=clock,
-                idle_timeout=route.auth.idle_timeout,
-                idle_timeout_source=(
-                    "config" if "idle_timeout" in route.auth.model_fields_set else "default"
-                ),
-                refresh_margin=route.auth.refresh_margin,
-                login_retry_after=route.auth.login_retry_after,
-                reauth_on=route.auth.reauth_on,
-                on_secret=on_secret,
-                on_login=on_login,
-                lockouts=lockouts,
-            )
-            settings = client.settings
+            sessions = kept or _sessions(route, client, clock, on_secret, metrics, stores)
+            if previous is not None and kept is None:
+                sessions.after_reload()
             rt = RouteRuntime(
                 config=route,
                 sessions=sessions,

@@ -6,8 +6,8 @@ the ``target`` it was given (the CLI's serve loop), the way uvicorn's supervisor
 target callable. It forwards SIGTERM/SIGINT/SIGHUP to the workers, restarts a worker
 that dies unexpectedly, and exits when they have all stopped.
 
-Workers share a login lockout board: a vendor that rejected the credentials in one
-worker must not be asked again by the others (accounts lock).
+What the workers share (sessions, login leases, rejections) they share through the
+session store; the supervisor knows nothing of it.
 """
 
 from __future__ import annotations
@@ -17,25 +17,22 @@ import ctypes
 import ctypes.util
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from proxy.config import Config
 from proxy.server.listeners import Sockets, bind_listeners, bind_socket
-from proxy.sessions.lockout import LockoutBoard
 
 log = structlog.get_logger("auth_proxy.workers")
 
 RESTART_DELAY = 1.0
 PR_SET_PDEATHSIG = 1
 
-# What a worker process runs: its sockets and the shared board in, an exit code out.
-WorkerTarget = Callable[[Sockets, LockoutBoard], int]
+# What a worker process runs: its sockets in, an exit code out.
+WorkerTarget = Callable[[Sockets], int]
 
 
 class Supervisor:
@@ -44,7 +41,6 @@ class Supervisor:
         self.target = target
         self.stopping = False
         self.pids: dict[int, int] = {}  # pid -> worker index
-        self.board = LockoutBoard(_lockout_directory(config.state_dir), os.urandom(32))
         self.ports: dict[tuple[str, int], int] = {}
 
     def _bind(self) -> Sockets:
@@ -60,12 +56,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._forward)
-        try:
-            return self._wait()
-        finally:
-            for path in self.board.directory.glob("*"):
-                path.unlink(missing_ok=True)
-            self.board.directory.rmdir()
+        return self._wait()
 
     def _spawn(self, index: int, sockets: Sockets) -> None:
         pid = os.fork()
@@ -76,7 +67,7 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
                 structlog.contextvars.bind_contextvars(worker=index)
-                code = self.target(sockets, self.board)
+                code = self.target(sockets)
             finally:
                 os._exit(code)
         # The parent never accepts: a socket it kept open would still be handed connections.
@@ -112,15 +103,6 @@ class Supervisor:
             if not self.stopping:
                 self._spawn(index, self._bind())
         return worst
-
-
-def _lockout_directory(state_dir: str | None) -> Path:
-    """A fresh directory for this run's lockout board: in the state directory (a container's
-    writable volume, where the rest of the file system may be read-only), else in the
-    system's temporary directory."""
-    if state_dir is not None:
-        Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="auth-proxy-lockouts-", dir=state_dir))
 
 
 def _exit_with_parent() -> None:

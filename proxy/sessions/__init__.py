@@ -1,1 +1,2 @@
-"""The session per route: single flight, expiry, lockout and backoff rules."""
+"""Sessions shared per set of credentials through the session store: single flight, expiry,
+rejection and backoff rules."""

@@ -4,7 +4,7 @@ Each Ivanti login may take a concurrent licence and every login is a chance to l
 account, so a route that logs in more often than its idle timeout explains (something
 is killing its sessions) is worth a warning. And an IICS org admin may change the idle
 timeout: after a login the session layer asks the vendor once (``Flow.org_idle_timeout``)
-and runs the idle clock on the answer.
+and runs the idle clock on the answer (stored with the session, for the other processes).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ Executor = Callable[[LoginRequest], Awaitable[LoginResponse]]
 
 
 class LoginLog:
-    """The times of a route's logins (not renewals): counts per hour and day, a warning."""
+    """The times of a route's logins (not renewals) in this process: counts per hour and
+    day, a warning. A session taken from the store is not counted: it is the login of the
+    process that made it, and counted there."""
 
     def __init__(self, route: str) -> None:
         self.route = route

@@ -22,9 +22,12 @@ DEFAULT_PREFIX = "auth-proxy:"
 _log = logging.getLogger("auth_proxy.store")
 
 
-def default_directory() -> Path:
-    """``$XDG_STATE_HOME/auth-proxy``, else ``~/.local/state/auth-proxy`` (the XDG base
-    directory rules: a relative XDG_STATE_HOME is ignored)."""
+def default_directory(state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``<state_dir>/sessions`` when the proxy has a state directory (a container's
+    volume), else ``$XDG_STATE_HOME/auth-proxy``, else ``~/.local/state/auth-proxy`` (the
+    XDG base directory rules: a relative XDG_STATE_HOME is ignored)."""
+    if state_dir is not None:
+        return Path(state_dir) / "sessions"
     state = os.environ.get("XDG_STATE_HOME", "")
     if os.path.isabs(state):
         return Path(state) / "auth-proxy"
@@ -57,6 +60,7 @@ async def open_store(
     kind: str = "local",
     *,
     path: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
     url: str | None = None,
     key_prefix: str = DEFAULT_PREFIX,
     password: str | None = None,
@@ -66,7 +70,7 @@ async def open_store(
 ) -> Store:
     """Open the store ``kind`` ("local", "memory" or "redis").
 
-    local: in ``path``, else the default state directory. An explicit path that cannot
+    local: in ``path``, else ``default_directory(state_dir)``. An explicit path that cannot
     be used raises ``StoreConfigError`` naming it; if the default one cannot be used,
     ``warn`` is called once and a ``MemoryStore`` is returned. redis: ``url`` and ``key``
     are required (every replica needs the same key); Redis need not be up yet.
@@ -80,7 +84,7 @@ async def open_store(
         raise StoreConfigError(
             f"session_store.type must be one of {', '.join(KINDS)}, not {kind!r}"
         )
-    directory = Path(path) if path is not None else default_directory()
+    directory = Path(path) if path is not None else default_directory(state_dir)
     try:
         return await LocalStore.open(directory, key=master, clock=clock)
     except (OSError, sqlite3.Error, StoreError) as exc:

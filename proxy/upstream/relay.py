@@ -19,7 +19,7 @@ from yarl import URL
 
 from proxy.core.errors import ClientAborted, UpstreamTimeout, UpstreamUnreachable
 from proxy.ops.logs import VERBOSITY
-from proxy.sessions.manager import Lease
+from proxy.sessions.lease import Lease
 from proxy.upstream.body import CHUNK, Body
 from proxy.upstream.exchange import Exchange
 from proxy.upstream.failures import error_reason
