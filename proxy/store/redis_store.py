@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from proxy.store.base import Clock, Store
@@ -91,6 +92,9 @@ class RedisStore(Store):
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
             retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection a restart broke
+            # Named, not left to the default: redis-py before 5.1 retries only the
+            # errors listed here.
+            retry_on_error=[RedisConnectionError],
             **options,
         )
         self._scripts = {
