@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,8 +83,7 @@ class Database:
             self.directory / DB_NAME, timeout=self._busy_timeout, isolation_level=None
         )
         try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")  # durable enough for re-creatable data
             conn.execute("PRAGMA journal_size_limit=1048576")  # the WAL shrinks back
             tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
@@ -93,6 +93,20 @@ class Database:
             conn.close()
             raise
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch a new database to WAL. The switch needs the database to itself, and
+        SQLite answers "locked" at once, not through the busy timeout, when several
+        processes open a new store together: so wait for it here, as long as a write would.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)  # on the store's own thread, never the event loop
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:
