@@ -16,12 +16,9 @@ from __future__ import annotations
 from aiohttp import web
 from multidict import CIMultiDict, istr
 
-ALLOW_ORIGIN = istr("Access-Control-Allow-Origin")
-ALLOW_CREDENTIALS = istr("Access-Control-Allow-Credentials")
 REQUEST_METHOD = istr("Access-Control-Request-Method")
 REQUEST_HEADERS = istr("Access-Control-Request-Headers")
 REQUEST_PRIVATE_NETWORK = istr("Access-Control-Request-Private-Network")
-VARY = istr("Vary")
 # Everything a route forwards; TRACE and TRACK are refused.
 METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 MAX_AGE = "600"  # seconds a browser may reuse the answer to a preflight
