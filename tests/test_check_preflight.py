@@ -9,28 +9,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import ROOT, write_config
+from helpers import run_cli, write_config
 
 ROOTED = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads and writes anything
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def key_route(api_key: object, name: str = "r", **route: Any) -> dict[str, Any]:

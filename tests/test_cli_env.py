@@ -4,29 +4,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
-from helpers import ROOT, Served, ivanti_key_route, spawn_served, write_config
+from helpers import Served, ivanti_key_route, run_cli, spawn_served, write_config
 
 from proxy.sandbox import Sandbox
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def serve_flags() -> dict[str, str]:
