@@ -191,8 +191,9 @@ def test_router_strips_exactly_the_prefix(prefix: list[str], rest: list[str]) ->
     path = route_prefix + "".join("/" + s for s in rest)
     matched = router.match(0, "", path)
     assert matched is not None
-    assert matched.prefix + (matched.rest if rest else "") == path
-    assert matched.rest == ("/" + "/".join(rest) if rest else "/")
+    _, matched_prefix, matched_rest = matched
+    assert matched_prefix + (matched_rest if rest else "") == path
+    assert matched_rest == ("/" + "/".join(rest) if rest else "/")
     # One more character on the last prefix segment is another route.
     assert router.match(0, "", route_prefix + "x" + "".join("/" + s for s in rest)) is None
 

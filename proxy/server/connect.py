@@ -95,7 +95,7 @@ def route_for(router: Router[Any], target: Target) -> Matched[Any]:
         raise Forbidden(
             f"no route matches {target.host}; forward-proxy requests reach routed hosts"
         )
-    return Matched(found, "", target.path.partition("?")[0])
+    return (found, "", target.path.partition("?")[0])
 
 
 # --------------------------------------------------------------------------- CONNECT

@@ -8,15 +8,14 @@ segment, exact host names by name; only ``*.`` wildcard hosts are checked in tur
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-
-class Matched(NamedTuple, Generic[T]):  # a tuple: made on every request, cheaply
-    target: T
-    prefix: str  # the part of the path that the upstream base replaces ("" for host/port)
-    rest: str  # the path after the prefix, always starting with "/"
+# (target, prefix, rest): the prefix is the part of the path that the upstream base
+# replaces ("" for host/port routes); rest is the path after it, always starting with "/".
+# A plain tuple: made on every request (a NamedTuple's constructor costs a call more).
+Matched = tuple[T, str, str]
 
 
 class Router(Generic[T]):
@@ -60,18 +59,21 @@ class Router(Generic[T]):
 
     def match(self, port: int, host: str, path: str) -> Matched[T] | None:
         """``host`` without port, lowercased; ``path`` raw, without the query."""
-        target = self._by_port.get(port)
-        if target is not None:
-            return Matched(target, "", path)
-        if host and (target := self.match_host(host)) is not None:
-            return Matched(target, "", path)
+        if self._by_port and (target := self._by_port.get(port)) is not None:
+            return (target, "", path)
+        if (
+            host
+            and (self._by_host or self._wildcards)
+            and (target := self.match_host(host)) is not None
+        ):
+            return (target, "", path)
         end = path.find("/", 1)
         segment = path[1:] if end == -1 else path[1:end]
         for prefix, candidate in self._by_segment.get(segment, ()):
             if path == prefix:
-                return Matched(candidate, prefix, "/")
+                return (candidate, prefix, "/")
             if path.startswith(prefix) and path[len(prefix)] == "/":
-                return Matched(candidate, prefix, path[len(prefix) :])
+                return (candidate, prefix, path[len(prefix) :])
         if self._root is not None:
-            return Matched(self._root, "", path)
+            return (self._root, "", path)
         return None
