@@ -15,10 +15,12 @@ Responses to an allowed browser origin get their CORS headers here, whoever made
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import http_exceptions, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -44,12 +46,21 @@ def _describe(exc: BaseException | None) -> str:
 
 
 class ProxyRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, with a bound on how long a request head may take.
+
+    It keeps its own view of the connection, from aiohttp's public hooks only: a
+    request's handling runs from its head's arrival (``head_arrived``, called by the
+    server's request factory) to the end of its answer (``log_access``); its body may
+    still be arriving after that.
+    """
+
     def __init__(
         self, manager: web.Server, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any
     ) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._handling = False
         self._body: StreamReader | None = None  # of the last request whose head arrived
 
     # A request head is awaited from the connection's start, and from the first byte
@@ -60,23 +71,29 @@ class ProxyRequestHandler(RequestHandler):
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
-        starts_head = self._head_timer is None and self._awaiting_head()
-        heads = self._request_count
         super().data_received(data)
-        if self._request_count != heads:  # a head arrived, or failed to parse
-            self._stop_head_timer()
-            self._body = self._messages[-1][1] if self._messages else None
-        elif starts_head:  # armed only for a head split across reads: most come whole
+        # Armed only for a head split across reads: most arrive whole (ending in a blank
+        # line), and their handling starts before the timer could matter.
+        if self._head_timer is None and b"\r\n\r\n" not in data and self._awaiting_head():
             self._arm_head_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
 
+    def head_arrived(self, body: StreamReader) -> None:
+        self._handling = True
+        self._body = body
+        self._stop_head_timer()
+
+    def log_access(
+        self, request: web.BaseRequest, response: web.StreamResponse, time: float | None
+    ) -> None:
+        self._handling = False  # called by aiohttp once each answer has been sent
+        super().log_access(request, response, time)
+
     def _awaiting_head(self) -> bool:
-        if self._force_close or self._close or self._upgraded or self._payload_parser is not None:
-            return False
-        return self._body is None or self._body.is_eof()
+        return not self._handling and (self._body is None or self._body.is_eof())
 
     def _arm_head_timer(self) -> None:
         self._head_timer = asyncio.get_running_loop().call_later(
@@ -90,7 +107,7 @@ class ProxyRequestHandler(RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._request_in_progress:
+        if self._handling:
             return  # a pipelined head; the keep-alive timeout bounds it after this answer
         log.info("header_timeout", seconds=self._header_timeout)
         self.force_close()
@@ -130,17 +147,32 @@ class ProxyHttpServer(web.Server):
     ):
         super().__init__(
             handler,
+            request_factory=self._make_proxy_request,
             handler_cancellation=handler_cancellation,
             **handler_settings,
         )
+        self.loop = asyncio.get_running_loop()
         self.header_timeout = header_timeout
         # Kept here rather than read back from aiohttp's private attributes.
         self.handler_settings = handler_settings
 
+    def _make_proxy_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """aiohttp calls this as it starts handling each request (or a head that failed
+        to parse): the connection's head timer stops here."""
+        cast(ProxyRequestHandler, protocol).head_arrived(payload)
+        return web.BaseRequest(message, payload, protocol, writer, task, self.loop)
+
     def __call__(self) -> RequestHandler:
         return ProxyRequestHandler(
             self,
-            loop=asyncio.get_running_loop(),
+            loop=self.loop,
             header_timeout=self.header_timeout,
             **self.handler_settings,
         )
