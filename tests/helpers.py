@@ -316,13 +316,14 @@ async def spawn_served(
     launcher: Sequence[str] = ("-m", "proxy"),
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Served:
-    """``auth-proxy serve -c config *args``, started by ``python *launcher``; waits for
-    ``/-/healthz`` on ``port``. ``env`` is added to this process's environment."""
+    """``auth-proxy serve -c config *args``, started by ``*wrapper python *launcher``;
+    waits for ``/-/healthz`` on ``port``. ``env`` is added to this process's environment."""
     out, err = workdir / f"proxy-{port}.out", workdir / f"proxy-{port}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; probed over HTTP below
-            [sys.executable, *launcher, "serve", "-c", str(config), *args],
+            [*wrapper, sys.executable, *launcher, "serve", "-c", str(config), *args],
             stdout=stdout,
             stderr=stderr,
             cwd=ROOT,

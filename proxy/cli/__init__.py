@@ -66,6 +66,11 @@ def _running_proxy_commands(sub: Any, completions: Completions) -> None:
     health = sub.add_parser(
         "health", help="exit 0 if the proxy this config describes answers /-/healthz"
     )
+    health.add_argument(
+        "--ready",
+        action="store_true",
+        help="ask /-/readyz instead: not ready while starting or draining (a readiness probe)",
+    )
     _config_flags(health, completions)
 
     logout = sub.add_parser("logout", help="end routes' sessions (all if none named)")
@@ -162,7 +167,7 @@ def _running_proxy_command(command: str, args: argparse.Namespace) -> int | None
     if command == "health":
         from proxy.cli.health import health_command
 
-        return health_command(load(args.config))
+        return health_command(load(args.config), ready=args.ready)
     return None
 
 

@@ -17,10 +17,10 @@ from proxy.config import Config, default_config_path
 from proxy.config import SessionStore as StoreSettings
 from proxy.config.load import load_config
 from proxy.ops.logs import setup_logging
-from proxy.server.app import ProxyServer
-from proxy.server.listeners import Sockets
+from proxy.server.app import ProxyServer, read_config
 from proxy.server.preflight import check_preflight
-from proxy.server.supervisor import Supervisor
+from proxy.server.supervisor import Supervisor, WorkerStart
+from proxy.server.workerlink import SupervisorLink
 from proxy.sessions.stores import effective_settings
 
 
@@ -38,14 +38,21 @@ def serve_command(config_arg: str | None) -> int:
         # Sessions in memory are per worker; their login verdicts are still shared.
         run_dir = _run_directory(config.state_dir) if settings.type == "memory" else None
 
-        def worker(sockets: Sockets) -> int:
+        def worker(start: WorkerStart) -> int:
             install_uvloop()
             return asyncio.run(
-                serve(config, config_path, sockets=sockets, store=settings, run_dir=run_dir)
+                serve(
+                    start.config,
+                    config_path,
+                    sockets=start.sockets,
+                    store=settings,
+                    run_dir=run_dir,
+                    worker=start,
+                )
             )
 
         try:
-            return Supervisor(config, worker).run()
+            return Supervisor(config, worker, lambda: read_config(config_path)).run()
         finally:
             if run_dir is not None:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -59,8 +66,25 @@ async def serve(
     sockets: dict[tuple[str, int], socket.socket] | None = None,
     store: StoreSettings | None = None,
     run_dir: Path | None = None,
+    worker: WorkerStart | None = None,
 ) -> int:
-    server = ProxyServer(config, config_path=config_path, store_settings=store, run_dir=run_dir)
+    """Serve until SIGTERM or SIGINT. A ``worker`` reloads through its supervisor."""
+    server = ProxyServer(
+        config,
+        config_path=config_path,
+        store_settings=store,
+        run_dir=run_dir,
+        startup=worker.startup if worker is not None else None,
+    )
+    link = None
+    if worker is not None:
+        link = SupervisorLink(
+            worker.link,
+            server.apply_config,
+            lambda error: server.reload_refused(error, logged=True),
+        )
+        await link.start()
+        server.state.reload = link.request_reload
     await server.start(sockets)
     stop = asyncio.Event()
 
@@ -68,10 +92,12 @@ async def serve(
         structlog.get_logger("auth_proxy").info("shutting_down", signal=sig.name)
         stop.set()
 
-    on_stop_signals(on_signal, server.schedule_reload)
+    on_stop_signals(on_signal, server.schedule_reload if link is None else link.schedule_reload)
     try:
         await stop.wait()
     finally:
+        if link is not None:
+            await link.close()
         await server.stop()
     return EXIT_OK
 

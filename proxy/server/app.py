@@ -61,6 +61,7 @@ class ProxyServer:
         config_path: Path | str | None = None,
         store_settings: StoreSettings | None = None,
         run_dir: Path | None = None,
+        startup: Config | None = None,
     ) -> None:
         self.clock = clock or Clock()
         # Per process until start() opens the configured store (``check --login`` never
@@ -70,6 +71,10 @@ class ProxyServer:
         self.stores: SessionStores = memory_stores(self.clock.now)
         self._store_settings = store_settings
         self._run_dir = run_dir
+        # What the listeners, the forward-proxy CA and the store's default location are
+        # taken from (settings a reload cannot change): a worker that its supervisor
+        # restarts after a reload listens as its siblings do, on what they started with.
+        self._startup = startup
         self._stores_open = False
         self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
@@ -130,8 +135,9 @@ class ProxyServer:
         if self._stores_open:
             return
         settings = self._store_settings or self.config.session_store
+        state_dir = (self._startup or self.config).state_dir
         stores = await open_stores(
-            settings, self.clock.now, state_dir=self.config.state_dir, run_dir=self._run_dir
+            settings, self.clock.now, state_dir=state_dir, run_dir=self._run_dir
         )
         placeholder, self.stores = self.stores, stores
         self._stores_open = True
@@ -142,12 +148,12 @@ class ProxyServer:
         """Bind every listener. ``sockets`` may supply pre-bound ones (workers, tests)."""
         await self.open_stores()
         sockets = dict(sockets or {})
-        config = self.config
-        await self.guard.load(config)
-        fp = config.forward_proxy
+        await self.guard.load(self.config)
+        first = self._startup or self.config
+        fp = first.forward_proxy
         ca = LocalCA.load_or_create(fp.ca.cert, fp.ca.key) if fp.enabled else None
-        reuse = config.workers > 1
-        for host, port, route in config.listeners():
+        reuse = first.workers > 1
+        for host, port, route in first.listeners():
             sock = sockets.pop((host, port), None) or bind_socket(host, port, reuse_port=reuse)
             bound = sock.getsockname()[1]
             door = Door(
@@ -237,15 +243,27 @@ class ProxyServer:
         try:
             if self.config_path is None:
                 raise ConfigError("the proxy was not started from a config file")
-            config = await asyncio.to_thread(load_config, self.config_path)
-            check_startup(config)
+            config = await asyncio.to_thread(read_config, self.config_path)
+        except (ConfigError, ProxyError) as exc:
+            return self.reload_refused(_message(exc))
+        return await self.apply_config(config)
+
+    async def apply_config(self, config: Config) -> ReloadResult:
+        """Reload with ``config``, already read and validated (a worker gets it from its
+        supervisor, README "Workers"); its client tokens are resolved here."""
+        try:
             await self.guard.load(config)  # client tokens may have changed too
         except (ConfigError, ProxyError) as exc:
-            error = exc.message if isinstance(exc, ProxyError) else str(exc)
-            self.metrics.reloaded(False, self.clock.now())
-            log.error("reload_failed", path=str(self.config_path), error=error)
-            return ReloadResult(ok=False, error=error)
+            return self.reload_refused(_message(exc))
         return self.reload(config)
+
+    def reload_refused(self, error: str, *, logged: bool = False) -> ReloadResult:
+        """The reload failed: the config stays as it was. ``logged``: said elsewhere
+        already (a worker's supervisor logs a refused file once for all workers)."""
+        self.metrics.reloaded(False, self.clock.now())
+        if not logged:
+            log.error("reload_failed", path=str(self.config_path), error=error)
+        return ReloadResult(ok=False, error=error)
 
     def schedule_reload(self) -> None:
         """Reload from a signal handler (SIGHUP)."""
@@ -311,6 +329,17 @@ class ProxyServer:
             await asyncio.wait_for(asyncio.gather(*tasks), LOGOUT_BUDGET)
         except TimeoutError:
             log.warning("logout_timeout", seconds=LOGOUT_BUDGET)
+
+
+def read_config(path: Path) -> Config:
+    """The config file at ``path``, valid and allowed to start (what a reload reads)."""
+    config = load_config(path)
+    check_startup(config)
+    return config
+
+
+def _message(exc: ConfigError | ProxyError) -> str:
+    return exc.message if isinstance(exc, ProxyError) else str(exc)
 
 
 def _restart_needed(old: Config, new: Config) -> list[str]:
