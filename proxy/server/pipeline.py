@@ -93,6 +93,7 @@ class Pipeline:
             if request.transport is not None or state.draining:
                 raise
             ex.status = _client_aborted(ex.route_name, ex.phase())
+            ex.error_code = ClientAborted.code
             raise
         except Exception:
             ex.error_code = "internal"  # answered (and logged) by the HTTP server's handler

@@ -37,7 +37,7 @@ class ReloadResult:
 # A client's X-Request-ID is kept when it is short and plain (UUIDs, hex, base64, ULIDs,
 # dotted or colon-separated ids); anything else is replaced, so an id can neither break
 # a log line nor a header, nor grow a log without bound.
-_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@~-]{1,128}")
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@~-]{1,128}")
 
 
 async def _no_reload() -> ReloadResult:
@@ -65,7 +65,7 @@ class ServerState:
     def request_id(self, sent: str | None) -> str:
         """The request's id: the client's ``X-Request-ID`` (``sent``) if it is acceptable,
         else a new one."""
-        if sent is not None and _CLIENT_REQUEST_ID.fullmatch(sent):
+        if sent is not None and CLIENT_REQUEST_ID.fullmatch(sent):
             return sent
         return self.next_request_id()
 
