@@ -6,9 +6,10 @@ Per request the pipeline picks the id (the client's, checked, or a new one), set
 ``REQUEST_ID`` context variable once, names the id on the answer, and writes the access
 line with its fields (the client address is aiohttp's cached ``request.remote``, the
 bytes in its own counter: attribute reads, not measured here); an event logged on the
-request's behalf gains one processor. The figures are the best of five runs. Measured: about 1.5 µs per request in all (0.9 µs
-of it the access line's new fields), against ~230 µs of CPU for a whole small request
-(README, "Performance"): well inside the load benchmark's noise.
+request's behalf gains one processor. The figures are the best of five runs. Measured:
+about 1.5 µs per request in all (0.9 µs of it the access line's new fields), against
+~230 µs of CPU for a whole small request (README, "Performance"): well inside the load
+benchmark's noise.
 """
 
 from __future__ import annotations
