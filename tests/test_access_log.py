@@ -19,14 +19,41 @@ from proxy.ops.logs import REDACTOR, AccessLog
     status=st.integers(100, 599),
     seconds=st.floats(0, 1e4),
     replayed=st.booleans(),
+    upstream_status=st.none() | st.integers(100, 599),
+    sizes=st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)),
+    client_addr=st.none() | st.text(max_size=40),
+    code=st.none() | st.from_regex(r"[a-z_]{1,20}", fullmatch=True),
 )
 def test_every_line_is_one_json_object_with_the_fields_as_given(
-    path: str, request_id: str, route: str | None, status: int, seconds: float, replayed: bool
+    path: str,
+    request_id: str,
+    route: str | None,
+    status: int,
+    seconds: float,
+    replayed: bool,
+    upstream_status: int | None,
+    sizes: tuple[int, int],
+    client_addr: str | None,
+    code: str | None,
 ) -> None:
     log = AccessLog()
     out = io.StringIO()
     log.configure(out, "json")
-    log.write(route, "GET", path, status, seconds, seconds / 2, replayed, request_id)
+    log.write(
+        route,
+        "GET",
+        path,
+        status,
+        seconds,
+        seconds / 2,
+        replayed,
+        request_id,
+        upstream_status=upstream_status,
+        bytes_in=sizes[0],
+        bytes_out=sizes[1],
+        client_addr=client_addr,
+        code=code,
+    )
     (line,) = out.getvalue().splitlines()
     event = json.loads(line)
     assert event["path"] == REDACTOR.text(path)
@@ -34,7 +61,19 @@ def test_every_line_is_one_json_object_with_the_fields_as_given(
     assert event["route"] == route
     assert (event["status"], event["replayed"]) == (status, replayed)
     assert event["duration_ms"] == round(seconds * 1000, 2)
+    assert (event["upstream_status"], event["code"]) == (upstream_status, code)
+    assert (event["bytes_in"], event["bytes_out"]) == sizes
+    assert event["client_addr"] == client_addr
     assert (event["event"], event["level"]) == ("request", "info")
+
+
+def test_access_lines_are_info_events_a_higher_level_leaves_out() -> None:
+    out = io.StringIO()
+    for level in ("debug", "info", "warning", "error"):
+        log = AccessLog()
+        log.configure(out, "json", level)
+        log.write("r", "GET", f"/{level}", 200, 0.001, 0.0, False, "id")
+    assert [json.loads(line)["path"] for line in out.getvalue().splitlines()] == ["/debug", "/info"]
 
 
 def test_known_secrets_in_a_path_are_masked() -> None:

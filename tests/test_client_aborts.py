@@ -53,9 +53,10 @@ async def assert_client_aborted(
 ) -> None:
     await wait_for(lambda: logs.events("request"), what="the access line")
     [access] = logs.events("request")
-    assert (access["route"], access["status"]) == ("up", 499)
+    assert (access["route"], access["status"], access["code"]) == ("up", 499, "client_aborted")
     [aborted] = logs.events("client_aborted")
     assert (aborted["route"], aborted["phase"], aborted["level"]) == ("up", phase, "info")
+    assert aborted["request_id"] == access["request_id"]
     for event in logs.events():
         assert event["event"] not in ("request_failed", "internal_error", *UPSTREAM_ERRORS)
         assert not set(json.dumps(event).split('"')) & set(UPSTREAM_ERRORS), event

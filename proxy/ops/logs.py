@@ -6,6 +6,12 @@ keys, auth headers and query parameters are masked, and any secret value in use
 (resolved passwords, session ids, tokens — registered by the session manager for as
 long as they are in use) is replaced wherever it appears in an event, also JSON-escaped
 or URL-encoded. Client-visible messages go through the same redactor.
+
+Every event logged while a request is handled carries its ``request_id`` (the
+``REQUEST_ID`` context variable, set once per request by the server's pipeline; tasks a
+request starts, such as the login it triggers, inherit it). Records of the standard
+``logging`` module (aiohttp's, asyncio's) go through the same chain and renderer, so
+with ``format: json`` every line on stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import re
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import Processor
 
 from proxy.core.masking import (
     MASK,
@@ -135,6 +143,26 @@ class Redactor:
 
 REDACTOR = Redactor()
 
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+# The id of the request being handled. The pipeline sets it once per request; aiohttp
+# runs each request in a task of its own, with a copy of the context, so it ends with
+# the request, and every task the request starts (a login, a renewal) keeps it.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def add_request_id(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """A structlog processor: the request's id on every event logged on its behalf."""
+    request_id = REQUEST_ID.get()
+    if request_id is not None and "request_id" not in event:
+        event["request_id"] = request_id
+    return event
+
 
 def _json_text(value: str | None) -> str:
     """A JSON string literal; the common plain-ASCII case without the encoder."""
@@ -151,21 +179,24 @@ class AccessLog:
     It is the only event on every request's path, so it is formatted directly: the same
     JSON shape as other events (plus the bound context, e.g. ``worker``), the path passed
     through the redactor, and the lines of one loop iteration written together in a
-    single write. The console format goes through structlog as usual.
+    single write. The console format goes through structlog as usual. Access lines are
+    info events: a ``log.level`` above info turns them off (``enabled``).
     """
 
     def __init__(self) -> None:
         self._stream: TextIO = sys.stdout
         self._json = True
+        self.enabled = True
         self._lines: list[str] = []
         self._second = -1
         self._second_text = ""
         self._context: str | None = None  # bound context, rendered once per process
 
-    def configure(self, stream: TextIO, fmt: str) -> None:
+    def configure(self, stream: TextIO, fmt: str, level: str = "info") -> None:
         self.flush()
         self._stream = stream
         self._json = fmt == "json"
+        self.enabled = _LEVELS[level] <= logging.INFO
         self._context = None
 
     def _timestamp(self) -> str:
@@ -186,7 +217,15 @@ class AccessLog:
         upstream_seconds: float,
         replayed: bool,
         request_id: str,
+        *,
+        upstream_status: int | None = None,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+        client_addr: str | None = None,
+        code: str | None = None,
     ) -> None:
+        if not self.enabled:
+            return
         path = REDACTOR.text(path)
         if not self._json:
             structlog.get_logger("auth_proxy.access").info(
@@ -197,7 +236,12 @@ class AccessLog:
                 status=status,
                 duration_ms=round(seconds * 1000, 2),
                 upstream_ms=round(upstream_seconds * 1000, 2),
+                upstream_status=upstream_status,
                 replayed=replayed,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                client_addr=client_addr,
+                code=code,
                 request_id=request_id,
             )
             return
@@ -211,7 +255,10 @@ class AccessLog:
             f'"path": {_json_text(path)}, "status": {status}, '
             f'"duration_ms": {seconds * 1000:.2f}, '
             f'"upstream_ms": {upstream_seconds * 1000:.2f}, '
+            f'"upstream_status": {"null" if upstream_status is None else upstream_status}, '
             f'"replayed": {"true" if replayed else "false"}, '
+            f'"bytes_in": {bytes_in}, "bytes_out": {bytes_out}, '
+            f'"client_addr": {_json_text(client_addr)}, "code": {_json_text(code)}, '
             f'"request_id": {_json_text(request_id)}{self._context}, '
             f'"event": "request", "level": "info", "timestamp": "{self._timestamp()}"}}'
         )
@@ -234,13 +281,6 @@ class AccessLog:
 
 ACCESS_LOG = AccessLog()
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
-
 
 class _Verbosity:
     """Whether debug events are wanted; hot paths check it before building them."""
@@ -251,24 +291,45 @@ class _Verbosity:
 VERBOSITY = _Verbosity()
 
 
+class _StdlibHandler(logging.StreamHandler):
+    """Where records of the ``logging`` module (aiohttp's, asyncio's) go: our stream,
+    through our processors. A class of its own, so a new setup replaces the old one."""
+
+
 def setup_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
     VERBOSITY.debug = level == "debug"
-    ACCESS_LOG.configure(stream or sys.stdout, fmt)
+    ACCESS_LOG.configure(out, fmt, level)
     renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
+    context: list[Processor] = [structlog.contextvars.merge_contextvars, add_request_id]
+    stamp: list[Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            REDACTOR,
-            renderer,
-        ],
+        processors=[*context, *stamp, structlog.processors.format_exc_info, REDACTOR, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    handler = _StdlibHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*context, structlog.stdlib.add_logger_name, *stamp],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                REDACTOR,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])

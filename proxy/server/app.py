@@ -181,6 +181,9 @@ class ProxyServer:
             "handler_cancellation": True,
             "keepalive_timeout": KEEPALIVE_TIMEOUT,
             "header_timeout": self.header_timeout,
+            # aiohttp's own debug records (a client's premature disconnect, ...) at log
+            # level debug, through the same pipeline as ours (``ops.logs``).
+            "debug": self.config.log.level == "debug",
         }
         handler = self.pipeline.handler(door)
         server = (

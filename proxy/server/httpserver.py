@@ -4,7 +4,8 @@ Requests that never reach the handler (a malformed request line, oversized or br
 headers) and unexpected handler crashes get the same JSON error body and
 ``X-Auth-Proxy-Error`` header as every other proxy error, are logged once through
 structlog (never with the offending bytes, which may hold a credential), and leave the
-server serving.
+server serving. A crash is handled in its request's task: its log line and its answer
+carry the request's id.
 
 Slow clients cannot hold connections open for long: a request's line and headers must
 arrive within ``HEADER_TIMEOUT`` of its first byte (of the connection's start, for the
@@ -25,7 +26,9 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.core.errors import BadRequest, ProxyError
+from proxy.ops.logs import REQUEST_ID
 from proxy.server.responses import error_response
+from proxy.upstream.headers import REQUEST_ID_HEADER
 
 log = structlog.get_logger("auth_proxy.http")
 
@@ -130,6 +133,9 @@ class ProxyRequestHandler(RequestHandler):
             log.warning("bad_request", reason=reason, error=type(exc).__name__ if exc else None)
             error = BadRequest(reason)
         response = error_response(error)
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
         response.force_close()
         return response
 

@@ -3,7 +3,9 @@
 probe? → cross-site check (and CORS preflight) → guard → admin endpoint? → draining?
 → route → login emulation? → forward. A refusal at any step is a ``ProxyError``, turned
 into an answer in one place (``server.responses``); every request ends in exactly one
-access line and one metrics update.
+access line and one metrics update. Its id is set for the whole request
+(``ops.logs.REQUEST_ID``): every event logged on its behalf carries it, and every answer
+names it in ``X-Request-ID``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from aiohttp import web
 
 from proxy.core.errors import ClientAborted, Draining, NoRoute, ProxyError
 from proxy.core.hosts import host_without_port
-from proxy.ops.logs import ACCESS_LOG
+from proxy.ops.logs import ACCESS_LOG, REQUEST_ID
 from proxy.server import cors, emulation
 from proxy.server.admin import Admin
 from proxy.server.connect import Target, route_for, target_of
@@ -28,7 +30,7 @@ from proxy.server.responses import error_response
 from proxy.server.runtime import Runtime
 from proxy.server.state import ServerState
 from proxy.upstream.exchange import Exchange
-from proxy.upstream.headers import allow_origin
+from proxy.upstream.headers import REQUEST_ID_HEADER, allow_origin
 from proxy.upstream.relay import forward
 
 log = structlog.get_logger("auth_proxy")
@@ -36,6 +38,8 @@ log = structlog.get_logger("auth_proxy")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # Logged once, by the session manager, where they happen.
 _LOGIN_OUTCOMES = frozenset({"login_rejected", "login_failed", "login_backoff"})
+# Prometheus scrapes every few seconds: answered scrapes are not access-logged.
+_SCRAPE = "/-/metrics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +70,10 @@ class Pipeline:
             return await self._probe(request, path)
         state = self.state
         runtime = state.runtime
-        request_id = request.headers.get("X-Request-ID") or state.next_request_id()
+        request_id = state.request_id(request.headers.get(REQUEST_ID_HEADER))
+        # Not reset: aiohttp runs each request in a task of its own, whose context ends
+        # with it (and aiohttp's handling of a crash, in that task, still sees it).
+        REQUEST_ID.set(request_id)
         origin = None if target is None else target.origin
         ex = Exchange(request, request_id, path, query, origin=origin)
         state.enter(runtime)
@@ -77,6 +84,7 @@ class Pipeline:
                 response = self._refuse(ex, exc)
             if not response.prepared:
                 ex.decorate(response.headers)
+                ex.bytes_out = response.content_length or 0
             ex.status = response.status
             return response
         except asyncio.CancelledError:
@@ -85,6 +93,10 @@ class Pipeline:
             if request.transport is not None or state.draining:
                 raise
             ex.status = _client_aborted(ex.route_name, ex.phase())
+            ex.error_code = ClientAborted.code
+            raise
+        except Exception:
+            ex.error_code = "internal"  # answered (and logged) by the HTTP server's handler
             raise
         finally:
             state.leave(runtime)
@@ -149,6 +161,7 @@ class Pipeline:
     def _refuse(self, ex: Exchange, exc: ProxyError) -> web.Response:
         if ex.route is not None:
             exc.for_route(ex.route.name)
+        ex.error_code = exc.code
         if isinstance(exc, ClientAborted):
             _client_aborted(ex.route_name, exc.phase)
         elif exc.code not in _LOGIN_OUTCOMES:
@@ -159,20 +172,28 @@ class Pipeline:
         return answer
 
     def _record(self, ex: Exchange, runtime: Runtime, elapsed: float) -> None:
-        """The request's access line and metrics (scrapes of ``/-/`` are not traffic)."""
-        if ex.route is not None or not ex.path.startswith("/-/"):
+        """The request's access line and metrics (calls of ``/-/`` are not traffic, and
+        answered metrics scrapes are not access-logged)."""
+        admin = ex.route is None and ex.path.startswith("/-/")
+        if not admin:
             self.state.metrics.request(ex.route_name, ex.status, elapsed, ex.replayed)
-        if runtime.config.log.access:
-            ACCESS_LOG.write(
-                ex.route_name,
-                ex.request.method,
-                ex.path,
-                ex.status,
-                elapsed,
-                ex.upstream_seconds,
-                ex.replayed,
-                ex.request_id,
-            )
+        if not runtime.config.log.access or (admin and ex.path == _SCRAPE and ex.status < 400):
+            return
+        ACCESS_LOG.write(
+            ex.route_name,
+            ex.request.method,
+            ex.path,
+            ex.status,
+            elapsed,
+            ex.upstream_seconds,
+            ex.replayed,
+            ex.request_id,
+            upstream_status=ex.upstream_status,
+            bytes_in=ex.bytes_in,
+            bytes_out=ex.bytes_out,
+            client_addr=ex.request.remote,
+            code=ex.error_code,
+        )
 
     async def _probe(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         """Health probes skip the access log and metrics, but not the cross-site rule."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,12 @@ class ReloadResult:
     restart_needed: list[str] = field(default_factory=list)  # settings a reload cannot apply
 
 
+# A client's X-Request-ID is kept when it is short and plain (UUIDs, hex, base64, ULIDs,
+# dotted or colon-separated ids); anything else is replaced, so an id can neither break
+# a log line nor a header, nor grow a log without bound.
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@~-]{1,128}")
+
+
 async def _no_reload() -> ReloadResult:
     return ReloadResult(ok=False, error="this server cannot reload")
 
@@ -54,6 +61,13 @@ class ServerState:
     @property
     def config(self) -> Config:
         return self.runtime.config
+
+    def request_id(self, sent: str | None) -> str:
+        """The request's id: the client's ``X-Request-ID`` (``sent``) if it is acceptable,
+        else a new one."""
+        if sent is not None and CLIENT_REQUEST_ID.fullmatch(sent):
+            return sent
+        return self.next_request_id()
 
     def next_request_id(self) -> str:
         """Unique per process run: a random prefix and a counter (cheaper than uuid4)."""

@@ -1,9 +1,10 @@
 """One request's journey through the proxy: what each step reads and fills in.
 
 The server's pipeline creates an ``Exchange`` per request and fills in the client side
-(route, path, how the client addresses the route); the relay fills in the upstream side
-(time spent upstream, whether it replayed, whether the answer started). The access line
-and the metrics are written from it at the end.
+(route, path, how the client addresses the route, the error code of a refusal); the
+relay fills in the upstream side (time spent upstream, the upstream's status, whether it
+replayed, whether the answer started, the body bytes sent back). The access line and the
+metrics are written from it at the end.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.upstream.headers import allow_origin
+from proxy.upstream.headers import REQUEST_ID_HEADER, allow_origin
 from proxy.upstream.route import RouteRuntime
 
 
@@ -33,9 +34,18 @@ class Exchange:
     rest: str = ""  # the path after the prefix
     cors_origin: str | None = None  # an allowed browser origin: every answer names it
     status: int = 500
+    error_code: str | None = None  # the ProxyError's code, when the proxy refused
     upstream_seconds: float = 0.0
+    upstream_status: int | None = None  # of the last upstream answer, if any
     replayed: bool = False
     responding: bool = False  # the answer's headers went to the client
+    bytes_out: int = 0  # body bytes of the answer
+
+    @property
+    def bytes_in(self) -> int:
+        """Body bytes received from the client (what was relayed, for a forwarded
+        request); aiohttp counts them as it reads."""
+        return self.request.content.total_bytes
 
     @property
     def route_name(self) -> str | None:
@@ -49,5 +59,6 @@ class Exchange:
 
     def decorate(self, headers: CIMultiDict[str]) -> None:
         """Add what every answer to this request carries, whoever made the answer."""
+        headers[REQUEST_ID_HEADER] = self.request_id
         if self.cors_origin is not None:
             allow_origin(headers, self.cors_origin)

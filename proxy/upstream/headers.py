@@ -33,7 +33,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {"host"}
 _LOCATION_HEADERS = ("location", "content-location")
 _NO_TOKENS: frozenset[str] = frozenset()
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
-_REQUEST_ID = istr("X-Request-ID")
+REQUEST_ID_HEADER = istr("X-Request-ID")
 _ALLOW_ORIGIN = istr("Access-Control-Allow-Origin")
 _ALLOW_CREDENTIALS = istr("Access-Control-Allow-Credentials")
 _VARY = istr("Vary")
@@ -48,8 +48,8 @@ def request_headers(
 ) -> CIMultiDict[str]:
     """The headers sent upstream: the client's, minus hop-by-hop and the ones we set.
 
-    ``request_id`` is sent as ``X-Request-ID`` when the client sent none, so the proxy's
-    access line and the vendor's logs can be matched.
+    ``request_id`` is sent as ``X-Request-ID`` (in place of the client's, which it is
+    when the client's was acceptable), so the proxy's logs and the vendor's can be matched.
     """
     drop = route.drop_headers
     conn = _connection_tokens(incoming)
@@ -59,8 +59,8 @@ def request_headers(
         if lower in _NOT_FORWARDED or lower in drop or lower in conn:
             continue
         out.add(name, value)
-    if request_id and _REQUEST_ID not in out:
-        out[_REQUEST_ID] = request_id
+    if request_id:
+        out[REQUEST_ID_HEADER] = request_id
     for name, value in defaults:
         if name not in out:
             out[name] = value

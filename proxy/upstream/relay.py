@@ -132,7 +132,7 @@ async def _send(
     started = time.perf_counter()
     try:
         with watch:
-            return await client.session.request(
+            upstream = await client.session.request(
                 request.method,
                 url,
                 headers=headers,
@@ -156,6 +156,8 @@ async def _send(
         ) from None
     finally:
         ex.upstream_seconds += time.perf_counter() - started
+    ex.upstream_status = upstream.status
+    return upstream
 
 
 async def _stream_back(
@@ -221,6 +223,7 @@ async def _copy_body(
         ex.responding = True
         await response.prepare(ex.request)
         await response.write_eof(payload)
+        ex.bytes_out = len(payload)
         return
     ex.responding = True
     await response.prepare(ex.request)
@@ -233,6 +236,7 @@ async def _copy_body(
                 break
             watch.pause()  # a slow client is not a stalled upstream
             await response.write(chunk)
+            ex.bytes_out += len(chunk)
     await response.write_eof()
 
 

@@ -1,0 +1,105 @@
+"""What joinable logs cost each request: the pieces the request path runs, in µs per call.
+
+    .venv/bin/python bench/request_logging.py
+
+Per request the pipeline picks the id (the client's, checked, or a new one), sets the
+``REQUEST_ID`` context variable once, names the id on the answer, and writes the access
+line with its fields (the client address is aiohttp's cached ``request.remote``, the
+bytes in its own counter: attribute reads, not measured here); an event logged on the
+request's behalf gains one processor. The figures are the best of five runs. Measured:
+about 1.5 µs per request in all (0.9 µs of it the access line's new fields), against
+~230 µs of CPU for a whole small request (README, "Performance"): well inside the load
+benchmark's noise.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+import structlog
+from multidict import CIMultiDict
+
+from proxy.ops.logs import REQUEST_ID, AccessLog, add_request_id, setup_logging
+from proxy.server.state import CLIENT_REQUEST_ID
+from proxy.upstream.headers import REQUEST_ID_HEADER
+
+CLIENT_ID = "3f2b1c9e-8d7a-4e6f-9a1b-2c3d4e5f6a7b"
+PATH = "/iics/saas/api/v2/agent"
+
+
+def per_call_us(call: Callable[[], object], repeat: int = 200_000) -> float:
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeat):
+            call()
+        runs.append((time.perf_counter() - started) / repeat)
+    return min(runs) * 1e6
+
+
+def main() -> None:
+
+    counter = iter(range(10**9))
+    prefix = "0123456789ab"
+
+    def new_id() -> str:
+        return f"{prefix}{next(counter):010x}"
+
+    def client_id() -> str:
+        return CLIENT_ID if CLIENT_REQUEST_ID.fullmatch(CLIENT_ID) else new_id()
+
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    log = AccessLog()
+    log.configure(io.StringIO(), "json")
+    rows = [
+        ("a new id", per_call_us(new_id)),
+        ("a client's id, checked", per_call_us(client_id)),
+        ("REQUEST_ID.set", per_call_us(lambda: REQUEST_ID.set(CLIENT_ID))),
+        (
+            "X-Request-ID on the answer",
+            per_call_us(lambda: headers.__setitem__(REQUEST_ID_HEADER, CLIENT_ID)),
+        ),
+    ]
+
+    def line_before() -> None:
+        log.write("iics", "GET", PATH, 200, 0.0012, 0.0008, False, CLIENT_ID)
+        log.flush()
+
+    def line_now() -> None:
+        log.write(
+            "iics",
+            "GET",
+            PATH,
+            200,
+            0.0012,
+            0.0008,
+            False,
+            CLIENT_ID,
+            upstream_status=200,
+            bytes_in=0,
+            bytes_out=1234,
+            client_addr="127.0.0.1",
+            code=None,
+        )
+        log.flush()
+
+    for _ in range(2):  # the second round counts: the first warms up
+        before = per_call_us(line_before, 50_000)
+        now = per_call_us(line_now, 50_000)
+    rows.append(("access line, old fields", before))
+    rows.append(("access line, all fields", now))
+    setup_logging("info", "json", stream=io.StringIO())
+    event = {"event": "login_ok", "route": "iics"}
+    rows.append(("request id processor", per_call_us(lambda: add_request_id(None, "info", event))))
+    logger = structlog.get_logger("auth_proxy")
+    rows.append(
+        ("an info event, whole chain", per_call_us(lambda: logger.info("x", route="r"), 20_000))
+    )
+    for name, us in rows:
+        print(f"{name:<30} {us:7.3f} µs")
+
+
+if __name__ == "__main__":
+    main()
