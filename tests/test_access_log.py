@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.core.masking import MASK
 from proxy.ops.logs import REDACTOR, AccessLog
+
+
+@dataclass
+class Finished:
+    """What the access line reads of a finished request (the pipeline's ``Exchange``)."""
+
+    route_name: str | None = "r"
+    method: str = "GET"
+    path: str = "/"
+    status: int = 200
+    upstream_seconds: float = 0.0
+    upstream_status: int | None = None
+    replayed: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+    client_addr: str | None = None
+    error_code: str | None = None
+    request_id: str = "id"
 
 
 @given(
@@ -39,21 +58,20 @@ def test_every_line_is_one_json_object_with_the_fields_as_given(
     log = AccessLog()
     out = io.StringIO()
     log.configure(out, "json")
-    log.write(
-        route,
-        "GET",
-        path,
-        status,
-        seconds,
-        seconds / 2,
-        replayed,
-        request_id,
+    entry = Finished(
+        route_name=route,
+        path=path,
+        status=status,
+        upstream_seconds=seconds / 2,
+        replayed=replayed,
+        request_id=request_id,
         upstream_status=upstream_status,
         bytes_in=sizes[0],
         bytes_out=sizes[1],
         client_addr=client_addr,
-        code=code,
+        error_code=code,
     )
+    log.write(entry, seconds)
     (line,) = out.getvalue().splitlines()
     event = json.loads(line)
     assert event["path"] == REDACTOR.text(path)
@@ -72,7 +90,7 @@ def test_access_lines_are_info_events_a_higher_level_leaves_out() -> None:
     for level in ("debug", "info", "warning", "error"):
         log = AccessLog()
         log.configure(out, "json", level)
-        log.write("r", "GET", f"/{level}", 200, 0.001, 0.0, False, "id")
+        log.write(Finished(path=f"/{level}"), 0.001)
     assert [json.loads(line)["path"] for line in out.getvalue().splitlines()] == ["/debug", "/info"]
 
 
@@ -81,5 +99,5 @@ def test_known_secrets_in_a_path_are_masked() -> None:
     log = AccessLog()
     out = io.StringIO()
     log.configure(out, "json")
-    log.write("r", "GET", "/x/path-secret-0123/y", 200, 0.001, 0.0, False, "id")
+    log.write(Finished(path="/x/path-secret-0123/y"), 0.001)
     assert json.loads(out.getvalue())["path"] == f"/x/{MASK}/y"

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 from structlog.typing import Processor
@@ -173,6 +173,53 @@ def _json_text(value: str | None) -> str:
     return json.dumps(value)
 
 
+class AccessRecord(Protocol):
+    """What the access line reads of a finished request (the pipeline's ``Exchange``)."""
+
+    @property
+    def route_name(self) -> str | None: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def upstream_seconds(self) -> float: ...
+    @property
+    def upstream_status(self) -> int | None: ...
+    @property
+    def replayed(self) -> bool: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def client_addr(self) -> str | None: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def request_id(self) -> str: ...
+
+
+def _console_fields(entry: AccessRecord, path: str, seconds: float) -> dict[str, Any]:
+    return {
+        "route": entry.route_name,
+        "method": entry.method,
+        "path": path,
+        "status": entry.status,
+        "duration_ms": round(seconds * 1000, 2),
+        "upstream_ms": round(entry.upstream_seconds * 1000, 2),
+        "upstream_status": entry.upstream_status,
+        "replayed": entry.replayed,
+        "bytes_in": entry.bytes_in,
+        "bytes_out": entry.bytes_out,
+        "client_addr": entry.client_addr,
+        "code": entry.error_code,
+        "request_id": entry.request_id,
+    }
+
+
 class AccessLog:
     """The one access line per request, written without the general processor chain.
 
@@ -207,59 +254,33 @@ class AccessLog:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._second_text}.{int((now - second) * 1_000_000):06d}Z"
 
-    def write(
-        self,
-        route: str | None,
-        method: str,
-        path: str,
-        status: int,
-        seconds: float,
-        upstream_seconds: float,
-        replayed: bool,
-        request_id: str,
-        *,
-        upstream_status: int | None = None,
-        bytes_in: int = 0,
-        bytes_out: int = 0,
-        client_addr: str | None = None,
-        code: str | None = None,
-    ) -> None:
+    def write(self, entry: AccessRecord, seconds: float) -> None:
         if not self.enabled:
             return
-        path = REDACTOR.text(path)
+        path = REDACTOR.text(entry.path)
         if not self._json:
             structlog.get_logger("auth_proxy.access").info(
-                "request",
-                route=route,
-                method=method,
-                path=path,
-                status=status,
-                duration_ms=round(seconds * 1000, 2),
-                upstream_ms=round(upstream_seconds * 1000, 2),
-                upstream_status=upstream_status,
-                replayed=replayed,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                client_addr=client_addr,
-                code=code,
-                request_id=request_id,
+                "request", **_console_fields(entry, path, seconds)
             )
             return
         if self._context is None:
             bound = structlog.contextvars.get_contextvars()
             self._context = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in bound.items())
         # Route names (config-validated) and methods (HTTP tokens) need no escaping.
+        route = entry.route_name
         route_text = "null" if route is None else f'"{route}"'
+        upstream_status = entry.upstream_status
         line = (
-            f'{{"route": {route_text}, "method": "{method}", '
-            f'"path": {_json_text(path)}, "status": {status}, '
+            f'{{"route": {route_text}, "method": "{entry.method}", '
+            f'"path": {_json_text(path)}, "status": {entry.status}, '
             f'"duration_ms": {seconds * 1000:.2f}, '
-            f'"upstream_ms": {upstream_seconds * 1000:.2f}, '
+            f'"upstream_ms": {entry.upstream_seconds * 1000:.2f}, '
             f'"upstream_status": {"null" if upstream_status is None else upstream_status}, '
-            f'"replayed": {"true" if replayed else "false"}, '
-            f'"bytes_in": {bytes_in}, "bytes_out": {bytes_out}, '
-            f'"client_addr": {_json_text(client_addr)}, "code": {_json_text(code)}, '
-            f'"request_id": {_json_text(request_id)}{self._context}, '
+            f'"replayed": {"true" if entry.replayed else "false"}, '
+            f'"bytes_in": {entry.bytes_in}, "bytes_out": {entry.bytes_out}, '
+            f'"client_addr": {_json_text(entry.client_addr)}, '
+            f'"code": {_json_text(entry.error_code)}, '
+            f'"request_id": {_json_text(entry.request_id)}{self._context}, '
             f'"event": "request", "level": "info", "timestamp": "{self._timestamp()}"}}'
         )
         if not self._lines:

@@ -179,21 +179,7 @@ class Pipeline:
             self.state.metrics.request(ex.route_name, ex.status, elapsed, ex.replayed)
         if not runtime.config.log.access or (admin and ex.path == _SCRAPE and ex.status < 400):
             return
-        ACCESS_LOG.write(
-            ex.route_name,
-            ex.request.method,
-            ex.path,
-            ex.status,
-            elapsed,
-            ex.upstream_seconds,
-            ex.replayed,
-            ex.request_id,
-            upstream_status=ex.upstream_status,
-            bytes_in=ex.bytes_in,
-            bytes_out=ex.bytes_out,
-            client_addr=ex.request.remote,
-            code=ex.error_code,
-        )
+        ACCESS_LOG.write(ex, elapsed)
 
     async def _probe(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         """Health probes skip the access log and metrics, but not the cross-site rule."""

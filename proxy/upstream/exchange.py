@@ -51,6 +51,14 @@ class Exchange:
     def route_name(self) -> str | None:
         return None if self.route is None else self.route.name
 
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def client_addr(self) -> str | None:
+        return self.request.remote
+
     def phase(self) -> str:
         """What the client was doing when it went away (see ``ClientAborted``)."""
         if self.responding:
