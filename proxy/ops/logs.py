@@ -186,6 +186,7 @@ class AccessLog:
         upstream_seconds: float,
         replayed: bool,
         request_id: str,
+        client: str | None = None,
     ) -> None:
         path = REDACTOR.text(path)
         if not self._json:
@@ -199,6 +200,7 @@ class AccessLog:
                 upstream_ms=round(upstream_seconds * 1000, 2),
                 replayed=replayed,
                 request_id=request_id,
+                client=client,
             )
             return
         if self._context is None:
@@ -212,7 +214,8 @@ class AccessLog:
             f'"duration_ms": {seconds * 1000:.2f}, '
             f'"upstream_ms": {upstream_seconds * 1000:.2f}, '
             f'"replayed": {"true" if replayed else "false"}, '
-            f'"request_id": {_json_text(request_id)}{self._context}, '
+            f'"request_id": {_json_text(request_id)}, "client": {_json_text(client)}'
+            f"{self._context}, "
             f'"event": "request", "level": "info", "timestamp": "{self._timestamp()}"}}'
         )
         if not self._lines:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from proxy.core.errors import ClientAborted, Draining, NoRoute, ProxyError
+from proxy.core.errors import ClientAborted, Draining, NoRoute, ProxyError, RateLimited
 from proxy.core.hosts import host_without_port
-from proxy.ops.logs import ACCESS_LOG
+from proxy.ops.logs import ACCESS_LOG, REDACTOR
 from proxy.server import cors, emulation
 from proxy.server.admin import Admin
+from proxy.server.clients import Client
 from proxy.server.connect import Target, route_for, target_of
 from proxy.server.guard import OPEN_ADMIN_PATHS
 from proxy.server.responses import error_response
@@ -35,6 +36,9 @@ log = structlog.get_logger("auth_proxy")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # Logged once, by the session manager, where they happen.
 _LOGIN_OUTCOMES = frozenset({"login_rejected", "login_failed", "login_backoff"})
+# The audit log records every request but these reads, and every refusal.
+_READS = frozenset({"GET", "HEAD"})
+_DENIALS = frozenset({"client_unauthorized", "forbidden", "rate_limited", "method_not_allowed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +73,13 @@ class Pipeline:
         request_id = request.headers.get("X-Request-ID") or state.next_request_id()
         origin = None if target is None else target.origin
         ex = Exchange(request, request_id, path, query, origin=origin)
+        error: str | None = None
         state.enter(runtime)
         try:
             try:
                 response = await self._respond(ex, door, target, runtime)
             except ProxyError as exc:
+                error = exc.code
                 response = self._refuse(ex, exc)
             if not response.prepared:
                 ex.decorate(response.headers)
@@ -88,7 +94,7 @@ class Pipeline:
             raise
         finally:
             state.leave(runtime)
-            self._record(ex, runtime, time.perf_counter() - started)
+            self._record(ex, runtime, time.perf_counter() - started, error)
 
     async def _respond(
         self, ex: Exchange, door: Door, target: Target | None, runtime: Runtime
@@ -98,8 +104,11 @@ class Pipeline:
         if preflight is not None:
             return preflight
         host = host_without_port(request.host)
-        self._admit(ex, door, target, runtime, host)
+        client = self._admit(ex, door, target, runtime, host)
         if target is None and ex.path.startswith("/-/"):
+            if client is not None:
+                client.check_admin()
+                self._check_rate(client)
             return await self.admin.handle(request, ex.path)
         if self.state.draining:
             raise Draining("the proxy is shutting down")
@@ -112,6 +121,9 @@ class Pipeline:
             raise NoRoute(f"no route matches {ex.path}")
         route, prefix, ex.rest = matched
         ex.route = route
+        if client is not None:
+            client.check_request(route.name, request.method)
+            self._check_rate(client)
         if target is None:
             ex.public_base = f"{request.scheme}://{request.host}{prefix}"
         kind = emulation.emulated_kind(route, request.method, ex.rest)
@@ -129,17 +141,29 @@ class Pipeline:
 
     def _admit(
         self, ex: Exchange, door: Door, target: Target | None, runtime: Runtime, host: str
-    ) -> None:
-        """The guard's checks: target and method, Host (loopback), client credentials."""
+    ) -> Client | None:
+        """The guard's checks: target and method, Host (loopback), client credentials;
+        the client, whose scope is checked once the route is known."""
         guard, request = self.state.guard, ex.request
         guard.check_target(request, ex.path)
-        if target is not None:
-            if not target.tunnel:  # a tunnel's client authenticated on its CONNECT
-                guard.check_client(request, basic=True)
-            return
-        if door.loopback:
-            guard.check_host(host, runtime.router)
-        guard.check_client(request)
+        if target is None:
+            if door.loopback:
+                guard.check_host(host, runtime.router)
+            client = guard.check_client(request)
+        elif target.tunnel:  # the credentials came on the CONNECT
+            client = guard.check_credentials(target.authorization, basic=True)
+        else:
+            client = guard.check_client(request, basic=True)
+        if client is not None:
+            ex.client = client.name
+        return client
+
+    def _check_rate(self, client: Client) -> None:
+        try:
+            client.check_rate(self.state.clock.now())
+        except RateLimited:
+            self.state.metrics.client_rate_limited.labels(client.name).inc()
+            raise
 
     def _refuse(self, ex: Exchange, exc: ProxyError) -> web.Response:
         if ex.route is not None:
@@ -153,20 +177,35 @@ class Pipeline:
             answer.force_close()  # no keep-alive: the client's next try must reconnect
         return answer
 
-    def _record(self, ex: Exchange, runtime: Runtime, elapsed: float) -> None:
-        """The request's access line and metrics (scrapes of ``/-/`` are not traffic)."""
+    def _record(self, ex: Exchange, runtime: Runtime, elapsed: float, error: str | None) -> None:
+        """The request's access line, audit line and metrics (scrapes of ``/-/`` are not
+        traffic)."""
         if ex.route is not None or not ex.path.startswith("/-/"):
             self.state.metrics.request(ex.route_name, ex.status, elapsed, ex.replayed)
+        request = ex.request
         if runtime.config.log.access:
             ACCESS_LOG.write(
                 ex.route_name,
-                ex.request.method,
+                request.method,
                 ex.path,
                 ex.status,
                 elapsed,
                 ex.upstream_seconds,
                 ex.replayed,
                 ex.request_id,
+                ex.client,
+            )
+        audit = self.state.audit
+        if audit is not None and (request.method not in _READS or error in _DENIALS):
+            audit.write(
+                client=ex.client,
+                client_addr=request.remote,
+                route=ex.route_name,
+                method=request.method,
+                path=REDACTOR.text(ex.path),
+                status=ex.status,
+                request_id=ex.request_id,
+                error=error,
             )
 
     async def _probe(self, request: web.BaseRequest, path: str) -> web.StreamResponse:

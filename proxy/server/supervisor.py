@@ -3,7 +3,7 @@
 The supervisor binds one SO_REUSEPORT socket per worker and listener, forks, and closes
 its copies, so the kernel spreads connections over the workers only. Each worker runs
 the ``target`` it was given (the CLI's serve loop), the way uvicorn's supervisors take a
-target callable. It forwards SIGTERM/SIGINT/SIGHUP to the workers, restarts a worker
+target callable. It forwards SIGTERM/SIGINT/SIGHUP/SIGUSR1 to the workers, restarts a worker
 that dies unexpectedly, and exits when they have all stopped.
 
 What the workers share (sessions, login leases, rejections) they share through the
@@ -56,6 +56,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._forward)
+        signal.signal(signal.SIGUSR1, self._forward)
         return self._wait()
 
     def _spawn(self, index: int, sockets: Sockets) -> None:
@@ -66,6 +67,8 @@ class Supervisor:
                 _exit_with_parent()
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
+                # A log rotation's signal must not kill a worker still starting up.
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
                 structlog.contextvars.bind_contextvars(worker=index)
                 code = self.target(sockets)
             finally:
