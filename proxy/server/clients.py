@@ -36,7 +36,7 @@ class TokenBucket:
         if self.level >= 1:
             self.level -= 1
             return None
-        return (1 - self.level) / self.rate
+        return round((1 - self.level) / self.rate, 6)  # 10.0000001 s is not 11 s
 
 
 class Client:
