@@ -17,11 +17,13 @@ from helpers import (
     POD_HOST,
     FileProxy,
     ProxyFactory,
+    ServeRoutes,
     Upstream,
     base,
     fetch,
     metric,
     raw_exchange,
+    run_cli,
     scrape,
     use_proxy,
     write_config,
@@ -321,3 +323,25 @@ def test_rates_and_subjects_are_read_in_one_spelling() -> None:
     assert ci.scope.rate is not None and ci.scope.rate.per_second == 10
     assert ci.scope.bucket_size == 10  # one second's worth when burst is not given
     assert (cert.name, cert.subject) == ("ci-scheduler", "CN=ci-scheduler,O=Team")
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+async def test_the_clear_command_uses_a_token_that_may_call_the_admin_endpoints(
+    upstream: Upstream, serve_routes: ServeRoutes
+) -> None:
+    clients = {
+        "tokens": [
+            {"name": "ci-scheduler", "token": CI_TOKEN},
+            {"name": "ops", "token": OPS_TOKEN, "admin": True},
+        ]
+    }
+    served = await serve_routes([upstream.route()], client_auth=clients)
+    result = await asyncio.to_thread(run_cli, "clear", "up", "-c", str(served.config))
+    assert (result.returncode, result.stdout) == (0, "up: no login lockout to lift\n")
+
+    served.rewrite([upstream.route()], client_auth={"tokens": clients["tokens"][:1]})
+    result = await asyncio.to_thread(run_cli, "clear", "up", "-c", str(served.config))
+    assert result.returncode == 1
+    assert "no client_auth token may call the admin endpoints" in result.stderr

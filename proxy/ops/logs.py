@@ -214,7 +214,8 @@ class AccessLog:
             f'"duration_ms": {seconds * 1000:.2f}, '
             f'"upstream_ms": {upstream_seconds * 1000:.2f}, '
             f'"replayed": {"true" if replayed else "false"}, '
-            f'"request_id": {_json_text(request_id)}, "client": {_json_text(client)}'
+            f'"request_id": {_json_text(request_id)}, '
+            f'"client": {"null" if client is None else _json_text(client)}'
             f"{self._context}, "
             f'"event": "request", "level": "info", "timestamp": "{self._timestamp()}"}}'
         )

@@ -36,6 +36,7 @@ from proxy.config import Config
 from proxy.core.clock import Clock
 from proxy.core.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
 from proxy.core.hosts import loopback_host
+from proxy.ops.logs import REDACTOR
 from proxy.server.clients import Client, Clients
 from proxy.server.routing import Router
 
@@ -88,20 +89,32 @@ class Guard:
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or Clock()
         self._clients: Clients | None = None
+        self._masked = REDACTOR.add()
         self._origins: frozenset[str] = frozenset()
 
     async def load(self, config: Config) -> None:
-        """Take the allowed origins and resolve the client tokens, once per config load."""
+        """Take the allowed origins and resolve the client tokens, once per config load.
+
+        The tokens are masked in logs (a tool may put its token in a URL) until the
+        next load."""
         self._origins = frozenset(config.allowed_origins)
         if config.client_auth is None:
             self._clients = None
+            self._masked.release()
             return
         identities = [
-            (identity, None if token is None else (await token.resolve()).encode())
+            (identity, None if token is None else await token.resolve())
             for identity in config.client_auth.identities()
             for token in (identity.token,)
         ]
-        self._clients = Clients.build(identities, self._clients, self._clock.now())
+        masked = REDACTOR.add(*(token for _, token in identities if token is not None))
+        self._masked.release()
+        self._masked = masked
+        self._clients = Clients.build(
+            [(identity, None if t is None else t.encode()) for identity, t in identities],
+            self._clients,
+            self._clock.now(),
+        )
 
     @property
     def clients(self) -> Clients | None:
