@@ -88,7 +88,7 @@ async def test_changes_and_refusals_are_audited_with_the_client_and_reads_are_no
 
     lines = await written(audit, 6)
     assert [
-        (r["client"], r["method"], r["route"], r["path"], r["status"], r["error"]) for r in lines
+        (r["client"], r["method"], r["route"], r["path"], r["status"], r["code"]) for r in lines
     ] == [
         ("ci-scheduler", "POST", "reports", "/reports/run", 200, None),
         ("ci-scheduler", "DELETE", "reports", "/reports/daily", 403, "forbidden"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,7 @@ async def test_forward_proxy_scopes_apply_on_the_connect_and_inside_the_tunnel(
     vendor: Sandbox,
     ca_files: tuple[Path, Path],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     clients = {
         "tokens": [
@@ -228,13 +230,24 @@ async def test_forward_proxy_scopes_apply_on_the_connect_and_inside_the_tunnel(
         "match": {"prefix": "/other"},
         "auth": {"type": "ivanti-api-key", "url": vendor.urls.ivanti, "api_key": "k"},
     }
-    server = await start_forward_proxy(client_auth=clients, routes=[other])
+    audit = tmp_path / "audit.jsonl"
+    server = await start_forward_proxy(
+        client_auth=clients, routes=[other], log={"audit": str(audit)}
+    )
     connect = f"CONNECT {LOGIN_HOST}:443 HTTP/1.1\r\nHost: {LOGIN_HOST}\r\n"
     status, headers, body = await raw_exchange(
         server.port, f"{connect}Proxy-Authorization: {basic('tok-elsewhere')}\r\n\r\n".encode()
     )
     assert (status, headers["x-auth-proxy-error"]) == (403, "forbidden")
     assert b'client \\"elsewhere\\" may not use route \\"informatica\\"' in body
+    [refusal] = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert {k: refusal[k] for k in ("client", "method", "path", "status", "code")} == {
+        "client": "elsewhere",
+        "method": "CONNECT",
+        "path": f"{LOGIN_HOST}:443",
+        "status": 403,
+        "code": "forbidden",
+    }
 
     # The reader's tunnel opens; its GETs pass and its POSTs (the login call) do not.
     use_proxy(monkeypatch, server, ca_files[0])

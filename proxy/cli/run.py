@@ -80,7 +80,8 @@ def on_stop_signals(
     for name, handler in (("SIGHUP", reload), ("SIGUSR1", reopen)):
         number = getattr(signal, name, None)
         if handler is not None and number is not None:
-            loop.add_signal_handler(number, handler)
+            with contextlib.suppress(NotImplementedError):  # a loop without signal support
+                loop.add_signal_handler(number, handler)
 
 
 def install_uvloop() -> None:

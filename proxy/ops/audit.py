@@ -94,7 +94,7 @@ class AuditLog:
         path: str,
         status: int,
         request_id: str,
-        error: str | None,
+        code: str | None,
     ) -> None:
         """One line; ``path`` already redacted as in the access log."""
         if not self._context:
@@ -109,7 +109,7 @@ class AuditLog:
             "path": path,
             "status": status,
             "request_id": request_id,
-            "error": error,
+            "code": code,
         }
         line = json.dumps(record)[:-1] + self._context + "}\n"
         if self._fd is None:

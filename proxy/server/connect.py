@@ -270,7 +270,7 @@ class ForwardProxyServer(ProxyHttpServer):
             path=REDACTOR.text(target),
             status=exc.status,
             request_id=self._app.next_request_id(),
-            error=exc.code,
+            code=exc.code,
         )
 
     def refuse(self, transport: asyncio.Transport, error: ProxyError) -> None:

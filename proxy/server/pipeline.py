@@ -205,7 +205,7 @@ class Pipeline:
                 path=REDACTOR.text(ex.path),
                 status=ex.status,
                 request_id=ex.request_id,
-                error=error,
+                code=error,
             )
 
     async def _probe(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
