@@ -116,10 +116,6 @@ class Guard:
             self._clock.now(),
         )
 
-    @property
-    def clients(self) -> Clients | None:
-        return self._clients
-
     def check_origin(self, headers: CIMultiDictProxy[str]) -> str | None:
         """The request's allowed browser origin; None when no browser marked it.
 
@@ -187,7 +183,9 @@ class Guard:
         if clients is None:
             return None
         if not clients.tokens:
-            raise ClientUnauthorized("present a client certificate client_auth.certificates names")
+            raise ClientUnauthorized(
+                "present a client certificate that client_auth.certificates names"
+            )
         scheme, _, presented = header.partition(" ")
         scheme = scheme.lower()
         if basic and scheme == "basic":
