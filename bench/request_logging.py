@@ -42,6 +42,7 @@ class Finished:
     bytes_in: int = 0
     bytes_out: int = 1234
     client_addr: str | None = "127.0.0.1"
+    client: str | None = "ci-scheduler"
     error_code: str | None = None
 
 

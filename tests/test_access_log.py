@@ -27,6 +27,7 @@ class Finished:
     bytes_in: int = 0
     bytes_out: int = 0
     client_addr: str | None = None
+    client: str | None = None
     error_code: str | None = None
     request_id: str = "id"
 
@@ -41,6 +42,7 @@ class Finished:
     upstream_status=st.none() | st.integers(100, 599),
     sizes=st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)),
     client_addr=st.none() | st.text(max_size=40),
+    client=st.none() | st.text(max_size=20),
     code=st.none() | st.from_regex(r"[a-z_]{1,20}", fullmatch=True),
 )
 def test_every_line_is_one_json_object_with_the_fields_as_given(
@@ -53,6 +55,7 @@ def test_every_line_is_one_json_object_with_the_fields_as_given(
     upstream_status: int | None,
     sizes: tuple[int, int],
     client_addr: str | None,
+    client: str | None,
     code: str | None,
 ) -> None:
     log = AccessLog()
@@ -69,6 +72,7 @@ def test_every_line_is_one_json_object_with_the_fields_as_given(
         bytes_in=sizes[0],
         bytes_out=sizes[1],
         client_addr=client_addr,
+        client=client,
         error_code=code,
     )
     log.write(entry, seconds)
@@ -81,7 +85,7 @@ def test_every_line_is_one_json_object_with_the_fields_as_given(
     assert event["duration_ms"] == round(seconds * 1000, 2)
     assert (event["upstream_status"], event["code"]) == (upstream_status, code)
     assert (event["bytes_in"], event["bytes_out"]) == sizes
-    assert event["client_addr"] == client_addr
+    assert (event["client_addr"], event["client"]) == (client_addr, client)
     assert (event["event"], event["level"]) == ("request", "info")
 
 

@@ -25,7 +25,7 @@ WINDOWS_LIKE = f"""
 import asyncio, signal, sys
 for name in {POSIX_ONLY!r} + ("uvloop",):
     sys.modules[name] = None  # importing it raises ImportError
-del signal.SIGHUP
+del signal.SIGHUP, signal.SIGUSR1
 
 class Loop(asyncio.SelectorEventLoop):
     def add_signal_handler(self, *args):

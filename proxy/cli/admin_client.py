@@ -1,5 +1,6 @@
 """Calling the running proxy's admin endpoints from the command line (``clear``,
-``logout``): at the address its config listens on, with its first client token."""
+``logout``): at the address its config listens on, with its first client token that
+may call them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import urllib.request
 from typing import Any
 
 from proxy.cli.run import local_address
-from proxy.config import Config
+from proxy.config import ClientAuth, Config
 from proxy.core.errors import ProxyError
 
 ADMIN_TIMEOUT = 10.0
@@ -26,6 +27,20 @@ class AdminCallError(Exception):
         self.unreachable = unreachable
 
 
+def _admin_token(auth: ClientAuth) -> str:
+    """The first client token that may call the admin endpoints (a plain token, or a
+    named client with ``admin: true``)."""
+    for i, identity in enumerate(auth.identities()):
+        if identity.token is not None and identity.scope.admin:
+            try:
+                return asyncio.run(identity.token.resolve())
+            except ProxyError as exc:
+                raise AdminCallError(f"client_auth.tokens[{i}]: {exc.message}") from None
+    raise AdminCallError(
+        "no client_auth token may call the admin endpoints: give one client admin: true"
+    )
+
+
 def post_admin(config: Config, path: str) -> dict[str, Any]:
     """``POST path`` to the proxy ``config`` describes; its JSON answer."""
     where = local_address(config)
@@ -33,11 +48,7 @@ def post_admin(config: Config, path: str) -> dict[str, Any]:
         raise AdminCallError("listen.port is 0 (any free port): no fixed address")
     headers = {"X-Auth-Proxy": "1"}  # state-changing endpoints refuse requests without it
     if config.client_auth is not None:
-        try:
-            token = asyncio.run(config.client_auth.tokens[0].resolve())
-        except ProxyError as exc:
-            raise AdminCallError(f"client_auth.tokens[0]: {exc.message}") from None
-        headers["Proxy-Authorization"] = f"Bearer {token}"
+        headers["Proxy-Authorization"] = f"Bearer {_admin_token(config.client_auth)}"
     request = urllib.request.Request(f"http://{where}{path}", method="POST", headers=headers)
     # No proxy from the environment: this call is for the local proxy itself.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -57,14 +57,17 @@ async def _until_stopped(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def on_stop_signals(
-    stop: Callable[[signal.Signals], object], reload: Callable[[], object] | None = None
+    stop: Callable[[signal.Signals], object],
+    reload: Callable[[], object] | None = None,
+    reopen: Callable[[], object] | None = None,
 ) -> None:
-    """Call ``stop`` on SIGTERM and SIGINT, ``reload`` on SIGHUP, in the running loop.
+    """Call ``stop`` on SIGTERM and SIGINT, ``reload`` on SIGHUP, ``reopen`` (log files,
+    after a rotation) on SIGUSR1, in the running loop.
 
     SIGTERM needs a handler: as PID 1 in a container, a signal without one is ignored, and
-    the container is killed after its grace period. Windows has no SIGHUP (reload through
-    ``POST /-/reload`` there) and its event loops no ``add_signal_handler``: a plain
-    handler hands the signal to the loop instead.
+    the container is killed after its grace period. Windows has no SIGHUP or SIGUSR1
+    (reload through ``POST /-/reload`` there) and its event loops no
+    ``add_signal_handler``: a plain handler hands the signal to the loop instead.
     """
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -74,9 +77,11 @@ def on_stop_signals(
             signal.signal(
                 sig, lambda num, _frame: loop.call_soon_threadsafe(stop, signal.Signals(num))
             )
-    sighup = getattr(signal, "SIGHUP", None)
-    if reload is not None and sighup is not None:
-        loop.add_signal_handler(sighup, reload)
+    for name, handler in (("SIGHUP", reload), ("SIGUSR1", reopen)):
+        number = getattr(signal, name, None)
+        if handler is not None and number is not None:
+            with contextlib.suppress(NotImplementedError):  # a loop without signal support
+                loop.add_signal_handler(number, handler)
 
 
 def install_uvloop() -> None:

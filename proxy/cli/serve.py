@@ -92,7 +92,11 @@ async def serve(
         structlog.get_logger("auth_proxy").info("shutting_down", signal=sig.name)
         stop.set()
 
-    on_stop_signals(on_signal, server.schedule_reload if link is None else link.schedule_reload)
+    on_stop_signals(
+        on_signal,
+        server.schedule_reload if link is None else link.schedule_reload,
+        server.reopen_logs,
+    )
     try:
         await stop.wait()
     finally:

@@ -9,9 +9,9 @@ each, in file order, starting with the key path.
 
 The modules, bottom up: ``errors``, ``fields`` (the strict base model and field parsers),
 ``interpolate``, ``upstream``, ``auth`` (one model per auth type), ``store`` (the session
-store), ``model`` (the file's shape), ``problems`` (pydantic's errors in plain words),
-``parse``, ``load``. This package re-exports the public names, so
-``from proxy.config import Config`` is the usual import.
+store), ``clients`` (``client_auth``: clients and their scopes), ``model`` (the file's
+shape), ``problems`` (pydantic's errors in plain words), ``parse``, ``load``. This package
+re-exports the public names, so ``from proxy.config import Config`` is the usual import.
 """
 
 from proxy.config.auth import (
@@ -31,9 +31,18 @@ from proxy.config.auth import (
     SalesforceLogin,
     SessionTuning,
 )
+from proxy.config.clients import (
+    FULL_ACCESS,
+    CertificateClient,
+    ClientAuth,
+    ClientIdentity,
+    ClientScope,
+    Rate,
+    TokenClient,
+    normalise_subject,
+)
 from proxy.config.errors import ConfigError, key_path
 from proxy.config.model import (
-    ClientAuth,
     Config,
     ForwardProxy,
     ForwardProxyCA,
@@ -51,10 +60,14 @@ from proxy.config.upstream import HostPort, ResolveRule, UpstreamOverride, Upstr
 __all__ = [
     "AUTH_MODELS",
     "AUTH_TYPES",
+    "FULL_ACCESS",
     "SESSION_TUNING_KEYS",
     "AuthConfig",
+    "CertificateClient",
     "ClientAuth",
     "ClientCredentials",
+    "ClientIdentity",
+    "ClientScope",
     "Config",
     "ConfigError",
     "ForwardProxy",
@@ -73,14 +86,17 @@ __all__ = [
     "ListenMatch",
     "LogSettings",
     "Match",
+    "Rate",
     "ResolveRule",
     "Route",
     "SalesforceLogin",
     "SessionStore",
     "SessionTuning",
+    "TokenClient",
     "UpstreamOverride",
     "UpstreamSettings",
     "default_config_path",
     "key_path",
+    "normalise_subject",
     "parse_config",
 ]

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from proxy.config.auth import AuthConfig
-from proxy.config.fields import SecretField, StrictModel, resolve_path, state_path
+from proxy.config.clients import ClientAuth
+from proxy.config.fields import StrictModel, resolve_path, state_path
 from proxy.config.store import SessionStore
 from proxy.config.upstream import UpstreamOverride, UpstreamSettings
 
@@ -125,10 +126,9 @@ class LogSettings(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
     access: bool = True
+    audit: str | None = None  # a JSON-lines file of changes and refusals, per client
 
-
-class ClientAuth(StrictModel):
-    tokens: tuple[SecretField, ...] = Field(min_length=1)
+    _audit = field_validator("audit")(resolve_path)
 
 
 class ForwardProxyCA(StrictModel):

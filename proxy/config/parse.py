@@ -2,7 +2,8 @@
 
 ``parse_config`` interpolates ``${VAR}`` / ``${VAR:-default}``, validates with pydantic
 (unknown keys are errors) and checks what spans several routes (unique names,
-unambiguous matches). Problems are reported all at once in a ``ConfigError``.
+unambiguous matches) and the clients (unique names, known routes). Problems are reported
+all at once in a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from proxy.config.clients import check_clients
 from proxy.config.errors import ConfigError, Loc, Problem
 from proxy.config.interpolate import interpolate
 from proxy.config.model import Config
@@ -38,6 +40,9 @@ def parse_config(
         found = problems_of(exc)
     else:
         found = _check_routes(config)
+        if config.client_auth is not None:
+            names = frozenset(route.name for route in config.routes)
+            found += check_clients(config.client_auth, names)
     problems += [p for p in found if not any(p[0][: len(u)] == u for u in unset)]
     if problems:
         raise report(problems, data)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from proxy.config.auth import AUTH_MODELS
+from proxy.config.clients import ENTRY_TAGS
 from proxy.config.errors import ConfigError, Loc, Problem, key_path
 from proxy.config.model import Config
 
@@ -61,6 +62,8 @@ def _models_at(loc: Loc) -> list[type[BaseModel]]:
         ]
         if not inner and part in AUTH_MODELS:  # the discriminated union's selected type
             inner = [AUTH_MODELS[part]]
+        if not inner and part in ENTRY_TAGS:  # a client_auth.tokens entry's kind
+            continue
         if not inner:
             return []
         models = inner
@@ -86,6 +89,8 @@ def _clean_loc(loc: Loc) -> Loc:
     out: list[str | int] = []
     for part in loc:
         if out and out[-1] == "auth" and isinstance(part, str) and part in AUTH_MODELS:
+            continue
+        if len(out) > 1 and out[-2] == "tokens" and isinstance(out[-1], int) and part in ENTRY_TAGS:
             continue
         out.append(part)
     return tuple(out)

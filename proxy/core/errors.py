@@ -24,6 +24,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "method_not_allowed": 405,
     "draining": 503,
     "route_busy": 503,
+    "rate_limited": 429,
     "client_aborted": 499,  # nginx's convention; never sent, the client has gone
 }
 
@@ -118,6 +119,13 @@ class RouteBusy(ProxyError):
     """The route's ``max_concurrent`` requests are at the vendor and the queue wait ran out."""
 
     code = "route_busy"
+
+
+class RateLimited(ProxyError):
+    """A client went over its own ``rate`` (``client_auth``); ``retry_after`` says when
+    its next request may come."""
+
+    code = "rate_limited"
 
 
 class ClientAborted(ProxyError):

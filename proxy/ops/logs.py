@@ -197,6 +197,8 @@ class AccessRecord(Protocol):
     @property
     def client_addr(self) -> str | None: ...
     @property
+    def client(self) -> str | None: ...
+    @property
     def error_code(self) -> str | None: ...
     @property
     def request_id(self) -> str: ...
@@ -215,6 +217,7 @@ def _console_fields(entry: AccessRecord, path: str, seconds: float) -> dict[str,
         "bytes_in": entry.bytes_in,
         "bytes_out": entry.bytes_out,
         "client_addr": entry.client_addr,
+        "client": entry.client,
         "code": entry.error_code,
         "request_id": entry.request_id,
     }
@@ -279,6 +282,7 @@ class AccessLog:
             f'"replayed": {"true" if entry.replayed else "false"}, '
             f'"bytes_in": {entry.bytes_in}, "bytes_out": {entry.bytes_out}, '
             f'"client_addr": {_json_text(entry.client_addr)}, '
+            f'"client": {_json_text(entry.client)}, '
             f'"code": {_json_text(entry.error_code)}, '
             f'"request_id": {_json_text(entry.request_id)}{self._context}, '
             f'"event": "request", "level": "info", "timestamp": "{self._timestamp()}"}}'

@@ -149,6 +149,7 @@ class Metrics:
         )
         self._store_metrics(r)
         self._forwarding_metrics(r)
+        self._client_metrics(r)
         r.register(SessionCollector(sessions, now))
         self._routes: dict[str, _RouteChildren] = {}
         self._unrouted = _RouteChildren(self, UNROUTED)
@@ -210,6 +211,20 @@ class Metrics:
             "Time a request waited for a max_concurrent slot (0 when it did not queue).",
             ["route"],
             buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+
+    def _client_metrics(self, r: CollectorRegistry) -> None:
+        """What ``client_auth`` scopes and the audit log did."""
+        self.client_rate_limited = Counter(
+            "auth_proxy_client_rate_limited",
+            "Requests refused with 429 because the client went over its own rate.",
+            ["client"],
+            registry=r,
+        )
+        self.audit_write_errors = Counter(
+            "auth_proxy_audit_write_errors",
+            "Audit log lines that could not be written (a full disk, a removed directory).",
             registry=r,
         )
 

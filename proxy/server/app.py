@@ -24,6 +24,7 @@ from proxy.config.load import load_config
 from proxy.core.clock import Clock
 from proxy.core.errors import ProxyError
 from proxy.core.hosts import is_loopback
+from proxy.ops.audit import AuditLog
 from proxy.ops.logs import ACCESS_LOG, REDACTOR
 from proxy.ops.metrics import Metrics
 from proxy.server.admin import Admin
@@ -79,7 +80,9 @@ class ProxyServer:
         self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
         self.metrics = Metrics(self._session_statuses, self.clock.now)
-        self.state = ServerState(self._build(config, None), self.metrics, Guard(), self.clock)
+        self.state = ServerState(
+            self._build(config, None), self.metrics, Guard(self.clock), self.clock
+        )
         self.state.reload = self.reload_from_file
         self.metrics.reloaded(True, self.clock.now())
         self.admin = Admin(self.state)
@@ -149,6 +152,7 @@ class ProxyServer:
         await self.open_stores()
         sockets = dict(sockets or {})
         await self.guard.load(self.config)
+        self._use_audit(self.config.log.audit)
         first = self._startup or self.config
         fp = first.forward_proxy
         ca = LocalCA.load_or_create(fp.ca.cert, fp.ca.key) if fp.enabled else None
@@ -210,6 +214,7 @@ class ProxyServer:
         """
         previous = self.runtime
         self.state.runtime = self._build(config, previous)
+        self._use_audit(config.log.audit)
         result = ReloadResult(ok=True, restart_needed=_restart_needed(previous.config, config))
         for name, rt in self.runtime.routes.items():
             old = previous.routes.get(name)
@@ -272,6 +277,24 @@ class ProxyServer:
         """Reload from a signal handler (SIGHUP)."""
         self._spawn(self.reload_from_file())
 
+    def reopen_logs(self) -> None:
+        """Start a new audit log file after a rotation (SIGUSR1; a reload does it too)."""
+        if self.state.audit is not None:
+            self.state.audit.reopen()
+
+    def _use_audit(self, path: str | None) -> None:
+        """Open the audit log at ``path`` (``log.audit``), or reopen it there, or close it."""
+        current = self.state.audit
+        if current is not None and current.path == path:
+            current.reopen()
+            return
+        if current is not None:
+            self._spawn(current.close())
+        if path is None:
+            self.state.audit = None
+        else:
+            self.state.audit = AuditLog(path, self.metrics.audit_write_errors.inc)
+
     async def _retire(self, old: Runtime, logouts: list[asyncio.Task[Any]]) -> None:
         """Once nothing runs on ``old`` any more, close the upstream pools only it used."""
         await asyncio.gather(*logouts, return_exceptions=True)  # they use old's clients
@@ -317,6 +340,8 @@ class ProxyServer:
         await self.stores.close()
         await self.outbound.close()
         ACCESS_LOG.flush()
+        if self.state.audit is not None:
+            await self.state.audit.close()
         log.info("stopped")
 
     async def logout_all(self) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -35,6 +35,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.core.errors import BadRequest, Draining, Forbidden, ProxyError, UpstreamUnreachable
+from proxy.ops.logs import REDACTOR
+from proxy.server.clients import Client
 from proxy.server.httpserver import ProxyHttpServer, ProxyRequestHandler
 from proxy.server.responses import error_bytes
 from proxy.server.routing import Matched, Router
@@ -57,6 +59,9 @@ class Target:
     origin: str  # https://host[:port], the upstream base
     path: str  # origin-form path and query, as the client sent them
     tunnel: bool  # inside a CONNECT tunnel, whose client authenticated on the CONNECT
+    # A tunnel's Proxy-Authorization, sent once on its CONNECT: each request inside is
+    # checked with it again, so a reload that revokes the token reaches open tunnels.
+    authorization: str = field(default="", repr=False)
 
 
 def _origin(host: str, port: int) -> str:
@@ -67,7 +72,13 @@ def target_of(request: web.BaseRequest) -> Target | None:
     """The ``Target`` of a request on a forward-proxy listener; None for ordinary ones."""
     protocol = request.protocol
     if isinstance(protocol, TunnelHandler):
-        return Target(protocol.host, protocol.origin, request.raw_path, tunnel=True)
+        return Target(
+            protocol.host,
+            protocol.origin,
+            request.raw_path,
+            tunnel=True,
+            authorization=protocol.authorization,
+        )
     raw = request.raw_path
     if raw.startswith("/") or request.method == "CONNECT":
         return None
@@ -137,10 +148,13 @@ def parse_connect(head: bytes) -> ConnectRequest:
 class TunnelHandler(ProxyRequestHandler):
     """The HTTP handler inside one intercepted tunnel: its requests are for ``origin``."""
 
-    def __init__(self, manager: web.Server, *, host: str, origin: str, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, host: str, origin: str, authorization: str, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self.host = host
         self.origin = origin
+        self.authorization = authorization  # the CONNECT's Proxy-Authorization
 
 
 class ForwardProxyServer(ProxyHttpServer):
@@ -192,12 +206,14 @@ class ForwardProxyServer(ProxyHttpServer):
 
     # ------------------------------------------------------------------ decisions
 
-    def _decide(self, request: ConnectRequest) -> str:
+    def _decide(self, request: ConnectRequest, client: Client | None) -> str:
         app = self._app
-        app.guard.check_credentials(request.proxy_authorization, basic=True)
         if app.draining:
             raise Draining("the proxy is shutting down")
-        if app.runtime.router.match_host(request.host) is not None:
+        route = app.runtime.router.match_host(request.host)
+        if route is not None:
+            if client is not None:
+                client.check_route(route.name)
             return "intercept"
         if self._passthrough.match_host(request.host) is not None:
             return "passthrough"
@@ -215,22 +231,47 @@ class ForwardProxyServer(ProxyHttpServer):
         return task
 
     async def _connect(self, transport: asyncio.Transport, head: bytes, early: bytes) -> None:
-        host = None
+        host = client = None
         try:
             request = parse_connect(head)
             host = request.host
-            decision = self._decide(request)
+            client = self._app.guard.check_credentials(request.proxy_authorization, basic=True)
+            decision = self._decide(request, client)
             if decision == "intercept" and early:
                 raise BadRequest("the client sent data before the tunnel was established")
         except ProxyError as exc:
-            log.warning("connect", host=host, decision="refused", code=exc.code)
+            name = None if client is None else client.name
+            log.warning("connect", host=host, client=name, decision="refused", code=exc.code)
+            self._audit_refusal(transport, head, name, exc)
             self.refuse(transport, exc)
             return
-        log.info("connect", host=request.host, port=request.port, decision=decision)
+        name = None if client is None else client.name
+        log.info("connect", host=host, port=request.port, client=name, decision=decision)
         if decision == "intercept":
             await self._intercept(transport, request)
         else:
             await self._pipe(transport, request, early)
+
+    def _audit_refusal(
+        self, transport: asyncio.Transport, head: bytes, client: str | None, exc: ProxyError
+    ) -> None:
+        """A refused CONNECT in the audit log, like any refused request."""
+        audit = self._app.audit
+        if audit is None:
+            return
+        peer = transport.get_extra_info("peername")
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
+        target = parts[1].decode("latin-1") if len(parts) == 3 else ""
+        audit.write(
+            client=client,
+            client_addr=None if not peer else str(peer[0]),
+            route=exc.route,
+            method="CONNECT",
+            path=REDACTOR.text(target),
+            status=exc.status,
+            request_id=self._app.next_request_id(),
+            code=exc.code,
+        )
 
     def refuse(self, transport: asyncio.Transport, error: ProxyError) -> None:
         self._open.discard(transport)
@@ -247,6 +288,7 @@ class ForwardProxyServer(ProxyHttpServer):
             loop=loop,
             host=request.host,
             origin=origin,
+            authorization=request.proxy_authorization,
             header_timeout=self.header_timeout,
             **self.handler_settings,
         )

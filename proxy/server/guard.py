@@ -3,7 +3,10 @@
 - Client authentication: ``Proxy-Authorization: Bearer <token>`` against
   ``client_auth.tokens``, compared in constant time. Forward-proxy requests (CONNECT,
   absolute-form) may also send ``Basic`` with the token as the password: that is what
-  clients derive from ``HTTPS_PROXY=http://user:<token>@host:port``.
+  clients derive from ``HTTPS_PROXY=http://user:<token>@host:port``. A request without
+  the header may instead present a verified client certificate whose subject
+  ``client_auth.certificates`` names. The answer is the ``Client``, whose scope the
+  pipeline checks once the route is known (``server.clients``).
 - DNS-rebinding defence: on a loopback listener, the ``Host`` header must be a loopback
   name/address or a host a route matches; a web page that rebinds its own name to
   127.0.0.1 is refused.
@@ -20,16 +23,21 @@
 from __future__ import annotations
 
 import base64
-import hmac
+import functools
 import re
+import ssl
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 from multidict import CIMultiDictProxy, istr
 
 from proxy.config import Config
+from proxy.core.clock import Clock
 from proxy.core.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
 from proxy.core.hosts import loopback_host
+from proxy.ops.logs import REDACTOR
+from proxy.server.clients import Client, Clients
 from proxy.server.routing import Router
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -56,19 +64,56 @@ def check_state_change(request: web.BaseRequest) -> None:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _subject_of(der: bytes) -> str:
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def peer_subject(request: web.BaseRequest) -> str | None:
+    """The RFC 4514 subject of the client's verified certificate (``CN=…,O=…``), or
+    None on a connection without TLS or without a client certificate."""
+    transport = request.transport
+    if transport is None:
+        return None
+    tls = transport.get_extra_info("ssl_object")
+    # Without verification the certificate is whatever the client chose to send.
+    if not isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    if tls.context.verify_mode == ssl.CERT_NONE:
+        return None
+    der = tls.getpeercert(binary_form=True)
+    return None if der is None else _subject_of(der)
+
+
 class Guard:
-    def __init__(self) -> None:
-        self._tokens: tuple[bytes, ...] = ()
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or Clock()
+        self._clients: Clients | None = None
+        self._masked = REDACTOR.add()
         self._origins: frozenset[str] = frozenset()
 
     async def load(self, config: Config) -> None:
-        """Take the allowed origins and resolve the client tokens, once per config load."""
+        """Take the allowed origins and resolve the client tokens, once per config load.
+
+        The tokens are masked in logs (a tool may put its token in a URL) until the
+        next load."""
         self._origins = frozenset(config.allowed_origins)
         if config.client_auth is None:
-            self._tokens = ()
+            self._clients = None
+            self._masked.release()
             return
-        self._tokens = tuple(
-            [(await source.resolve()).encode() for source in config.client_auth.tokens]
+        identities = [
+            (identity, None if token is None else await token.resolve())
+            for identity in config.client_auth.identities()
+            for token in (identity.token,)
+        ]
+        masked = REDACTOR.add(*(token for _, token in identities if token is not None))
+        self._masked.release()
+        self._masked = masked
+        self._clients = Clients.build(
+            [(identity, None if t is None else t.encode()) for identity, t in identities],
+            self._clients,
+            self._clock.now(),
         )
 
     def check_origin(self, headers: CIMultiDictProxy[str]) -> str | None:
@@ -115,13 +160,32 @@ class Guard:
             return
         raise Forbidden(f"Host {host!r} is not served here (DNS-rebinding protection)")
 
-    def check_client(self, request: web.BaseRequest, *, basic: bool = False) -> None:
-        self.check_credentials(request.headers.get("Proxy-Authorization", ""), basic=basic)
+    def check_client(self, request: web.BaseRequest, *, basic: bool = False) -> Client | None:
+        """Who sent the request (None without ``client_auth``); 401 if nobody we know."""
+        clients = self._clients
+        if clients is None:
+            return None
+        header = request.headers.get("Proxy-Authorization")
+        if header is None and clients.subjects:
+            subject = peer_subject(request)
+            if subject is not None:
+                client = clients.subjects.get(subject)
+                if client is None:
+                    raise ClientUnauthorized(
+                        f"the client certificate {subject} is not in client_auth.certificates"
+                    )
+                return client
+        return self.check_credentials(header or "", basic=basic)
 
-    def check_credentials(self, header: str, *, basic: bool = False) -> None:
+    def check_credentials(self, header: str, *, basic: bool = False) -> Client | None:
         """Check a ``Proxy-Authorization`` value; ``basic`` also accepts user:token."""
-        if not self._tokens:
-            return
+        clients = self._clients
+        if clients is None:
+            return None
+        if not clients.tokens:
+            raise ClientUnauthorized(
+                "present a client certificate that client_auth.certificates names"
+            )
         scheme, _, presented = header.partition(" ")
         scheme = scheme.lower()
         if basic and scheme == "basic":
@@ -132,10 +196,7 @@ class Guard:
             scheme, presented = "bearer", decoded.partition(":")[2]
         if scheme != "bearer" or not presented:
             raise ClientUnauthorized("send Proxy-Authorization: Bearer <token>")
-        candidate = presented.strip().encode()
-        # Compare against every token so timing says nothing about which one matched.
-        matched = False
-        for token in self._tokens:
-            matched |= hmac.compare_digest(candidate, token)
-        if not matched:
+        client = clients.by_token(presented.strip().encode())
+        if client is None:
             raise ClientUnauthorized("the client token is not valid")
+        return client

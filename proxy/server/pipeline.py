@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from proxy.core.errors import ClientAborted, Draining, NoRoute, ProxyError
+from proxy.core.errors import ClientAborted, Draining, NoRoute, ProxyError, RateLimited
 from proxy.core.hosts import host_without_port
-from proxy.ops.logs import ACCESS_LOG, REQUEST_ID
+from proxy.ops.logs import ACCESS_LOG, REDACTOR, REQUEST_ID
 from proxy.server import cors, emulation
 from proxy.server.admin import Admin
+from proxy.server.clients import Client
 from proxy.server.connect import Target, route_for, target_of
 from proxy.server.guard import OPEN_ADMIN_PATHS
 from proxy.server.responses import error_response
@@ -40,6 +41,9 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _LOGIN_OUTCOMES = frozenset({"login_rejected", "login_failed", "login_backoff"})
 # Prometheus scrapes every few seconds: answered scrapes are not access-logged.
 _SCRAPE = "/-/metrics"
+# The audit log records every request but these reads, and every refusal.
+_READS = frozenset({"GET", "HEAD"})
+_DENIALS = frozenset({"client_unauthorized", "forbidden", "rate_limited", "method_not_allowed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +119,11 @@ class Pipeline:
         if preflight is not None:
             return _ready(preflight)
         host = host_without_port(request.host)
-        self._admit(ex, door, target, runtime, host)
+        client = self._admit(ex, door, target, runtime, host)
         if target is None and ex.path.startswith("/-/"):
+            if client is not None:
+                client.check_admin()
+                self._check_rate(client)
             return self.admin.handle(request, ex.path)
         if self.state.draining:
             raise Draining("the proxy is shutting down")
@@ -129,6 +136,9 @@ class Pipeline:
             raise NoRoute(f"no route matches {ex.path}")
         route, prefix, ex.rest = matched
         ex.route = route
+        if client is not None:
+            client.check_request(route.name, request.method)
+            self._check_rate(client)
         if target is None:
             ex.public_base = f"{request.scheme}://{request.host}{prefix}"
         kind = emulation.emulated_kind(route, request.method, ex.rest)
@@ -146,17 +156,29 @@ class Pipeline:
 
     def _admit(
         self, ex: Exchange, door: Door, target: Target | None, runtime: Runtime, host: str
-    ) -> None:
-        """The guard's checks: target and method, Host (loopback), client credentials."""
+    ) -> Client | None:
+        """The guard's checks: target and method, Host (loopback), client credentials;
+        the client, whose scope is checked once the route is known."""
         guard, request = self.state.guard, ex.request
         guard.check_target(request, ex.path)
-        if target is not None:
-            if not target.tunnel:  # a tunnel's client authenticated on its CONNECT
-                guard.check_client(request, basic=True)
-            return
-        if door.loopback:
-            guard.check_host(host, runtime.router)
-        guard.check_client(request)
+        if target is None:
+            if door.loopback:
+                guard.check_host(host, runtime.router)
+            client = guard.check_client(request)
+        elif target.tunnel:  # the credentials came on the CONNECT
+            client = guard.check_credentials(target.authorization, basic=True)
+        else:
+            client = guard.check_client(request, basic=True)
+        if client is not None:
+            ex.client = client.name
+        return client
+
+    def _check_rate(self, client: Client) -> None:
+        try:
+            client.check_rate(self.state.clock.now())
+        except RateLimited:
+            self.state.metrics.client_rate_limited.labels(client.name).inc()
+            raise
 
     def _refuse(self, ex: Exchange, exc: ProxyError) -> web.Response:
         if ex.route is not None:
@@ -172,14 +194,25 @@ class Pipeline:
         return answer
 
     def _record(self, ex: Exchange, runtime: Runtime, elapsed: float) -> None:
-        """The request's access line and metrics (calls of ``/-/`` are not traffic, and
-        answered metrics scrapes are not access-logged)."""
+        """The request's access line, audit line and metrics (calls of ``/-/`` are not
+        traffic, and answered metrics scrapes are not access-logged)."""
         admin = ex.route is None and ex.path.startswith("/-/")
         if not admin:
             self.state.metrics.request(ex.route_name, ex.status, elapsed, ex.replayed)
-        if not runtime.config.log.access or (admin and ex.path == _SCRAPE and ex.status < 400):
-            return
-        ACCESS_LOG.write(ex, elapsed)
+        if runtime.config.log.access and not (admin and ex.path == _SCRAPE and ex.status < 400):
+            ACCESS_LOG.write(ex, elapsed)
+        audit = self.state.audit
+        if audit is not None and (ex.method not in _READS or ex.error_code in _DENIALS):
+            audit.write(
+                client=ex.client,
+                client_addr=ex.client_addr,
+                route=ex.route_name,
+                method=ex.method,
+                path=REDACTOR.text(ex.path),
+                status=ex.status,
+                request_id=ex.request_id,
+                code=ex.error_code,
+            )
 
     async def _probe(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         """Health probes skip the access log and metrics, but not the cross-site rule."""

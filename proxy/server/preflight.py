@@ -3,9 +3,9 @@ Checking a config in CI): a config that passes here starts, and can log in.
 
 Each problem is one line starting with the key to change. The checks read and bind, but
 change nothing: every secret source is resolved (a ``{command}`` is not run: it may hand
-out single-use tokens) and never shown; the forward-proxy CA, the state directory and an
-explicit ``session_store.path`` must be readable or creatable by this user; every fixed
-port must be free.
+out single-use tokens) and never shown; the forward-proxy CA, the state directory, the
+audit log and an explicit ``session_store.path`` must be readable or creatable by this
+user; every fixed port must be free.
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ def _state(config: Config) -> list[str]:
                         "set state_dir (AUTH_PROXY_STATE_DIR) to a writable directory, "
                         "or forward_proxy.ca to writable paths"
                     )
+    if config.log.audit is not None and (why := _unappendable(Path(config.log.audit))):
+        problems.append(f"log.audit: {config.log.audit} cannot be written: {why}")
     if config.state_dir is not None and (why := _uncreatable(Path(config.state_dir))):
         problems.append(f"state_dir: cannot write in {config.state_dir}: {why}")
     store = config.session_store
@@ -149,6 +151,18 @@ def _unreadable(path: Path) -> str | None:
             return None
     except OSError as exc:
         return f"cannot be read by uid {_uid()}: {exc.strerror}"
+
+
+def _unappendable(path: Path) -> str | None:
+    """Why lines cannot be appended to ``path`` (created, with its directory, if
+    missing), or None. An existing file is opened for appending, and not changed."""
+    if not path.exists():
+        return _uncreatable(path.parent)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        return f"{exc.strerror} (uid {_uid()})"
+    return None
 
 
 def _uncreatable(directory: Path) -> str | None:

@@ -2,8 +2,8 @@
 
 The request pipeline, the admin endpoints and the CONNECT handling receive a
 ``ServerState``, not the server object: the runtime (swapped on reload), the guard, the
-metrics, whether the server is draining, the requests in flight, and a way to ask for a
-reload. ``ProxyServer`` owns it and sets ``reload``.
+metrics, the audit log, whether the server is draining, the requests in flight, and a way
+to ask for a reload. ``ProxyServer`` owns it and sets ``reload``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from proxy.config import Config
 from proxy.core.clock import Clock
+from proxy.ops.audit import AuditLog
 from proxy.ops.metrics import Metrics
 from proxy.server.guard import Guard
 from proxy.server.runtime import Runtime
@@ -50,6 +51,7 @@ class ServerState:
         self.metrics = metrics
         self.guard = guard
         self.clock = clock
+        self.audit: AuditLog | None = None  # log.audit, opened when the server starts
         self.draining = False
         self.reload: Callable[[], Awaitable[ReloadResult]] = _no_reload
         self.inflight = 0

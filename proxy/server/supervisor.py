@@ -10,8 +10,8 @@ The supervisor holds the current config. On SIGHUP, or when a worker asks (``POS
 (``server.workerlink``); a file it refuses leaves it and the workers on the config they
 had. A worker it starts again runs that current config, listening as its siblings do on
 what they all started with. A worker that dies is restarted after a delay that doubles
-while it keeps dying soon after its start (``Backoff``). SIGTERM and SIGINT are
-forwarded; the supervisor exits when every worker has stopped.
+while it keeps dying soon after its start (``Backoff``). SIGTERM, SIGINT and SIGUSR1
+(reopen the audit log) are forwarded; the supervisor exits when every worker has stopped.
 
 What the workers share (sessions, login leases, rejections) they share through the
 session store; the supervisor knows nothing of it.
@@ -115,7 +115,7 @@ class Supervisor:
             sock.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ)
         signal.set_wakeup_fd(self._wake_w.fileno())
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         for worker in self.workers:
             self._spawn(worker, first if worker.index == 0 else self._bind())
@@ -156,6 +156,11 @@ class Supervisor:
                         os.kill(worker.pid, signum)
         elif signum == signal.SIGHUP and not self.stopping:
             self._reload(None)
+        elif signum == signal.SIGUSR1:  # reopen the audit log (after a rotation)
+            for worker in self.workers:
+                if worker.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signum)
 
     # ------------------------------------------------------------------ reload
 
@@ -223,6 +228,8 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        # A log rotation's signal must not kill a worker still starting up.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         self.selector.close()
         for sock in (ours, self._wake_r, self._wake_w):
             sock.close()

@@ -27,6 +27,7 @@ class Exchange:
     # Forward-proxy mode: the origin the client named (the upstream, and the name the
     # client keeps using: no URL in an answer points at the proxy). None: reverse mode.
     origin: str | None = None
+    client: str | None = None  # the authenticated client's name (``client_auth``)
     route: RouteRuntime | None = None
     # The route base as the client sees it (scheme, Host, the matched prefix), which
     # answers' URLs are pointed back at; None in forward-proxy mode.
