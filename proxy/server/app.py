@@ -30,10 +30,11 @@ from proxy.server.admin import Admin
 from proxy.server.connect import ForwardProxyServer
 from proxy.server.guard import Guard
 from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer
+from proxy.server.listen_tls import ListenerKey, Loaded, RotatingContext, load_listeners, rotating
 from proxy.server.listeners import Listener, Sockets, bind_socket
 from proxy.server.pipeline import Door, Pipeline
 from proxy.server.runtime import Runtime
-from proxy.server.startup import check_startup
+from proxy.server.startup import check_startup, plain_beyond_loopback
 from proxy.server.state import ReloadResult, ServerState
 from proxy.server.tls import LocalCA
 from proxy.sessions.lease import SessionStatus
@@ -84,6 +85,7 @@ class ProxyServer:
         self.header_timeout = HEADER_TIMEOUT  # read by start()
         self.listeners: list[Listener] = []
         self._runners: list[web.ServerRunner] = []
+        self._tls: dict[ListenerKey, RotatingContext] = {}  # what a reload rotates
 
     @property
     def runtime(self) -> Runtime:
@@ -146,6 +148,7 @@ class ProxyServer:
         await self.guard.load(config)
         fp = config.forward_proxy
         ca = LocalCA.load_or_create(fp.ca.cert, fp.ca.key) if fp.enabled else None
+        tls = load_listeners(config)
         reuse = config.workers > 1
         for host, port, route in config.listeners():
             sock = sockets.pop((host, port), None) or bind_socket(host, port, reuse_port=reuse)
@@ -155,16 +158,25 @@ class ProxyServer:
                 is_loopback(host),
                 route is None and ca is not None,
             )
-            await self._serve(sock, door, ca)
+            context = tls.contexts.get((host, port, route))
+            if context is not None:
+                self._tls[host, port, route] = rotating(context)
+            await self._serve(sock, door, ca, self._tls.get((host, port, route)))
             self.listeners.append(Listener(host, bound))
         log.info(
             "listening",
             pid=os.getpid(),
             listeners=[f"{lst.host}:{lst.port}" for lst in self.listeners],
+            tls=[f"{host}:{port}" for host, port, _route in self._tls],
             routes=list(self.runtime.routes),
         )
+        for line in plain_beyond_loopback(config):
+            log.warning("listener_without_tls", warning=line)
+        _warn_expiring(tls)
 
-    async def _serve(self, sock: Any, door: Door, ca: LocalCA | None) -> None:
+    async def _serve(
+        self, sock: Any, door: Door, ca: LocalCA | None, tls: RotatingContext | None
+    ) -> None:
         settings: dict[str, Any] = {
             "auto_decompress": False,  # bodies pass through exactly as sent
             "max_field_size": MAX_FIELD_SIZE,
@@ -184,12 +196,12 @@ class ProxyServer:
         )
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=STRAGGLER_GRACE)
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=tls).start()
         self._runners.append(runner)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def reload(self, config: Config) -> ReloadResult:
+    def reload(self, config: Config, tls: Loaded | None = None) -> ReloadResult:
         """Swap in ``config``; routes whose login settings are unchanged keep their sessions.
 
         The session of a route whose auth changed, or that is gone, is logged out at the
@@ -197,8 +209,13 @@ class ProxyServer:
         uses it. A login rejection holds until the route's credentials change: its secret
         sources are read again at its next request (a rotated password file is a change,
         and the session made with the old one is not used again). Listeners are not
-        rebound; a change to them is reported as needing a restart.
+        rebound; a change to them is reported as needing a restart. ``tls``, the TLS
+        listeners' files read again, serves their new connections from now on.
         """
+        if tls is not None:
+            for key, context in self._tls.items():
+                context.current = tls.contexts.get(key, context.current)
+            _warn_expiring(tls)
         previous = self.runtime
         self.state.runtime = self._build(config, previous)
         result = ReloadResult(ok=True, restart_needed=_restart_needed(previous.config, config))
@@ -239,13 +256,14 @@ class ProxyServer:
                 raise ConfigError("the proxy was not started from a config file")
             config = await asyncio.to_thread(load_config, self.config_path)
             check_startup(config)
+            tls = await asyncio.to_thread(load_listeners, config)  # certificates rotate
             await self.guard.load(config)  # client tokens may have changed too
         except (ConfigError, ProxyError) as exc:
             error = exc.message if isinstance(exc, ProxyError) else str(exc)
             self.metrics.reloaded(False, self.clock.now())
             log.error("reload_failed", path=str(self.config_path), error=error)
             return ReloadResult(ok=False, error=error)
-        return self.reload(config)
+        return self.reload(config, tls)
 
     def schedule_reload(self) -> None:
         """Reload from a signal handler (SIGHUP)."""
@@ -316,7 +334,7 @@ class ProxyServer:
 def _restart_needed(old: Config, new: Config) -> list[str]:
     """Settings that only take effect at start-up and that ``new`` changes."""
     changed = []
-    if set(old.listeners()) != set(new.listeners()):
+    if _listening(old) != _listening(new):
         changed.append("listeners")
     if old.workers != new.workers:
         changed.append("workers")
@@ -327,3 +345,13 @@ def _restart_needed(old: Config, new: Config) -> list[str]:
     if old.session_store != new.session_store:
         changed.append("session_store")
     return changed
+
+
+def _listening(config: Config) -> set[tuple[str, int, str | None, bool]]:
+    """Each listener's address and whether it is TLS: what only a restart changes."""
+    return {(*lst, config.listener_tls(lst[2]) is not None) for lst in config.listeners()}
+
+
+def _warn_expiring(tls: Loaded) -> None:
+    for line in tls.warnings:
+        log.warning("tls_certificate_expires_soon", warning=line)

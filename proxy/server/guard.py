@@ -3,7 +3,8 @@
 - Client authentication: ``Proxy-Authorization: Bearer <token>`` against
   ``client_auth.tokens``, compared in constant time. Forward-proxy requests (CONNECT,
   absolute-form) may also send ``Basic`` with the token as the password: that is what
-  clients derive from ``HTTPS_PROXY=http://user:<token>@host:port``.
+  clients derive from ``HTTPS_PROXY=http://user:<token>@host:port``. On a mutual-TLS
+  listener the client certificate its handshake verified authenticates the client.
 - DNS-rebinding defence: on a loopback listener, the ``Host`` header must be a loopback
   name/address or a host a route matches; a web page that rebinds its own name to
   127.0.0.1 is refused.
@@ -30,6 +31,7 @@ from multidict import CIMultiDictProxy, istr
 from proxy.config import Config
 from proxy.core.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
 from proxy.core.hosts import loopback_host
+from proxy.server.peers import peer_subject
 from proxy.server.routing import Router
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -116,6 +118,8 @@ class Guard:
         raise Forbidden(f"Host {host!r} is not served here (DNS-rebinding protection)")
 
     def check_client(self, request: web.BaseRequest, *, basic: bool = False) -> None:
+        if peer_subject(request) is not None:
+            return  # a client certificate verified against the listener's client_ca
         self.check_credentials(request.headers.get("Proxy-Authorization", ""), basic=basic)
 
     def check_credentials(self, header: str, *, basic: bool = False) -> None:
