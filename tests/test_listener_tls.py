@@ -25,7 +25,8 @@ import trustme
 from aiohttp import web
 from helpers import Upstream, fetch, run_cli, wait_for, write_config
 
-from proxy.config import ListenTLS
+from proxy.config import ListenTLS, parse_config
+from proxy.server.app import ProxyServer
 from proxy.server.listen_tls import server_context
 from proxy.server.peers import peer_subject
 
@@ -145,6 +146,24 @@ async def test_modern_tls_only(make_proxy, upstream: Upstream, server_files, ca)
     assert ssl_object.selected_alpn_protocol() == "http/1.1"
     cipher = ssl_object.cipher()[0]
     assert cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher), cipher
+
+
+async def test_a_client_that_never_completes_the_handshake_is_cut_off(
+    clock, run_proxy, upstream: Upstream, server_files, ca
+) -> None:
+    """The bound on a request's head (README, Security: slow clients) covers the TLS
+    handshake before it; it is read when the server starts."""
+    listen = {"host": "127.0.0.1", "port": 0, "tls": server_files}
+    config = parse_config({"listen": listen, "routes": [upstream.route()]})
+    server = ProxyServer(config, clock=clock)
+    server.header_timeout = 1.0
+    await run_proxy(server)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no handshake
+    finally:
+        writer.close()
+    assert await served_name(server.port, ca) == "first"  # and the listener serves on
 
 
 async def test_a_routes_listener_takes_the_main_listeners_tls_unless_it_names_a_host(

@@ -51,6 +51,7 @@ LOGOUT_BUDGET = 5.0
 # After the drain, requests still running are cancelled; aiohttp reads a 0 here as "wait
 # forever", so the grace they get to unwind must be a small positive number.
 STRAGGLER_GRACE = 0.1
+BACKLOG = 128  # aiohttp's default
 
 
 class ProxyServer:
@@ -84,7 +85,7 @@ class ProxyServer:
         self._retiring: set[Runtime] = set()  # replaced by a reload, maybe still in use
         self.header_timeout = HEADER_TIMEOUT  # read by start()
         self.listeners: list[Listener] = []
-        self._runners: list[web.ServerRunner] = []
+        self._runners: list[tuple[asyncio.Server, web.ServerRunner]] = []
         self._tls: dict[ListenerKey, RotatingContext] = {}  # what a reload rotates
 
     @property
@@ -196,8 +197,16 @@ class ProxyServer:
         )
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=STRAGGLER_GRACE)
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=tls).start()
-        self._runners.append(runner)
+        # Served without aiohttp's SockSite, which cannot bound the TLS handshake: it
+        # comes before the request head, and is held to the same bound.
+        listening = await asyncio.get_running_loop().create_server(
+            server,
+            sock=sock,
+            ssl=tls,
+            ssl_handshake_timeout=None if tls is None else self.header_timeout,
+            backlog=BACKLOG,
+        )
+        self._runners.append((listening, runner))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -307,8 +316,9 @@ class ProxyServer:
         log.info("draining", inflight=state.inflight, timeout=timeout)
         if not await state.drained(timeout):
             log.warning("drain_timeout", inflight=state.inflight)
-        for runner in self._runners:
-            await runner.cleanup()  # closes listeners and connections, cancels stragglers
+        for listening, runner in self._runners:
+            listening.close()
+            await runner.cleanup()  # closes connections, cancels stragglers
         self._runners.clear()
         await self.logout_all()
         await self.stores.close()
