@@ -381,11 +381,10 @@ def test_check_and_serve_refuse_unusable_tls_files(
 ) -> None:
     good = write_leaf(tmp_path, "good", ca.issue_cert("127.0.0.1"))
     other = write_leaf(tmp_path, "other", ca.issue_cert("127.0.0.1"))
-    past = _now() - datetime.timedelta(days=30)
     expired = write_leaf(
         tmp_path,
         "expired",
-        ca.issue_cert("127.0.0.1", not_before=past, not_after=_now() - datetime.timedelta(days=1)),
+        ca.issue_cert("127.0.0.1", not_after=_now() - datetime.timedelta(days=1)),
     )
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
