@@ -1,7 +1,7 @@
 """Mutual-TLS identities in ``client_auth.certificates`` (README, "Shared gateway"): the
 subject of a verified client certificate, read from a real TLS handshake, picks the
-client and its scope. (Until the proxy's listeners speak TLS, the guard is exercised
-behind a small aiohttp TLS server of the test's own.)"""
+client and its scope. The guard is exercised here behind a small aiohttp TLS server of
+the test's own; tests/test_listener_tls.py runs the proxy's own mutual-TLS listeners."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from helpers import server_tls
 
 from proxy.config import parse_config
 from proxy.core.errors import ProxyError
-from proxy.server.guard import Guard, peer_subject
+from proxy.server.guard import Guard
+from proxy.server.peers import peer_subject
 
 SUBJECT = "CN=ci-scheduler,OU=Batch,O=Team"
 ROUTES = [

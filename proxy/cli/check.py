@@ -1,7 +1,8 @@
 """``auth-proxy check``: validate the config, run the start-up checks ``serve`` runs
 (``server/preflight.py``: client auth beyond loopback, every secret source, the CA and
-state directories, the ports), and print the routes (secrets masked); with ``--login``, log
-each route in once and report what the login found. ``--json``: one document on stdout.
+state directories, the ports, the listeners' TLS files), print its warnings and the routes
+(secrets masked); with ``--login``, log each route in once and report what the login
+found. ``--json``: one document on stdout.
 
 The login check goes through the same session manager and flows as serving does (a ``ProxyServer``
 that never listens), so a route that passes here logs in the same way under load. The
@@ -26,7 +27,7 @@ from proxy.core.errors import ProxyError
 from proxy.core.secrets import Secret
 from proxy.ops.logs import REDACTOR, setup_logging
 from proxy.server.app import ProxyServer
-from proxy.server.preflight import preflight
+from proxy.server.preflight import preflight_report
 
 
 @dataclass(slots=True)
@@ -99,11 +100,15 @@ def check_command(config_arg: str | None, login: list[str] | None, *, as_json: b
     out: dict[str, Any] = {"config": str(path)}
     try:
         config = load_config(path)
-        problems = preflight(config)
+        report = preflight_report(config)
     except ConfigError as exc:
-        problems = list(exc.lines)
-    if problems:
-        return _refused(out, problems, as_json)
+        return _refused(out, list(exc.lines), as_json)
+    out["warnings"] = [_line_json(line) for line in report.warnings]
+    if not as_json:
+        for line in report.warnings:
+            print(f"auth-proxy: warning: {line}", file=sys.stderr)
+    if report.problems:
+        return _refused(out, report.problems, as_json)
     out["listen"] = [f"{host}:{port}" for host, port, _route in config.listeners()]
     out["routes"] = [_route_json(route) for route in config.routes]
     if not as_json:
@@ -140,10 +145,13 @@ def _refused(out: dict[str, Any], problems: list[str], as_json: bool) -> int:
         for line in problems:
             print(f"auth-proxy: config error: {line}", file=sys.stderr)
         return EXIT_USAGE
-    out["problems"] = [
-        dict(zip(("key", "message"), p.split(": ", 1), strict=False)) for p in problems
-    ]
+    out["problems"] = [_line_json(p) for p in problems]
     return _done(out, EXIT_USAGE, as_json)
+
+
+def _line_json(line: str) -> dict[str, str]:
+    """A problem or warning line as ``{"key": ..., "message": ...}``."""
+    return dict(zip(("key", "message"), line.split(": ", 1), strict=False))
 
 
 def _done(out: dict[str, Any], code: int, as_json: bool) -> int:

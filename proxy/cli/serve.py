@@ -17,8 +17,9 @@ from proxy.config import Config, default_config_path
 from proxy.config import SessionStore as StoreSettings
 from proxy.config.load import load_config
 from proxy.ops.logs import setup_logging
-from proxy.server.app import ProxyServer, read_config
+from proxy.server.app import ProxyServer
 from proxy.server.preflight import check_preflight
+from proxy.server.reloads import read_config
 from proxy.server.supervisor import Supervisor, WorkerStart
 from proxy.server.workerlink import SupervisorLink
 from proxy.sessions.stores import effective_settings

@@ -15,6 +15,7 @@ from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from proxy.config.auth import AuthConfig
 from proxy.config.clients import ClientAuth
+from proxy.config.errors import key_path
 from proxy.config.fields import StrictModel, resolve_path, state_path
 from proxy.config.store import SessionStore
 from proxy.config.upstream import UpstreamOverride, UpstreamSettings
@@ -39,9 +40,21 @@ def _host_patterns(value: Any) -> Any:
     return value
 
 
+class ListenTLS(StrictModel):
+    """TLS on a listener; with ``client_ca``, mutual TLS (README, Security)."""
+
+    cert: str  # PEM: the server certificate, then any intermediates
+    key: str  # PEM, unencrypted
+    client_ca: str | None = None  # PEM: the CA(s) whose client certificates are accepted
+
+    _paths = field_validator("cert", "key", "client_ca")(resolve_path)
+
+
 class ListenMatch(StrictModel):
     port: int = Field(ge=1, le=65535)
+    # Without a host of its own, a route's listener takes the main listener's host and tls.
     host: str | None = None
+    tls: ListenTLS | None = None
 
 
 class Match(StrictModel):
@@ -120,6 +133,7 @@ class Route(StrictModel):
 class Listen(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    tls: ListenTLS | None = None
 
 
 class LogSettings(StrictModel):
@@ -204,3 +218,20 @@ class Config(StrictModel):
             if r.match.listen is not None
         )
         return ((self.listen.host, self.listen.port, None), *own)
+
+    def listener_key(self, route: str | None) -> str:
+        """Where the config sets the main listener (``route`` None) or ``route``'s own."""
+        for i, r in enumerate(self.routes):
+            if r.name == route:
+                return key_path(("routes", i, "match", "listen"))
+        return "listen"
+
+    def listener_tls(self, route: str | None) -> tuple[str, ListenTLS] | None:
+        """The TLS settings of the main listener (``route`` None) or of ``route``'s own,
+        with the key path they come from; None for a plain-HTTP listener."""
+        own = next((r.match.listen for r in self.routes if r.name == route), None)
+        if own is not None and own.tls is not None:
+            return f"{self.listener_key(route)}.tls", own.tls
+        if (own is None or own.host is None) and self.listen.tls is not None:
+            return "listen.tls", self.listen.tls
+        return None

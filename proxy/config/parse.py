@@ -39,7 +39,7 @@ def parse_config(
     except ValidationError as exc:
         found = problems_of(exc)
     else:
-        found = _check_routes(config)
+        found = _check_routes(config) + _check_tls(config)
         if config.client_auth is not None:
             names = frozenset(route.name for route in config.routes)
             found += check_clients(config.client_auth, names)
@@ -85,6 +85,20 @@ def _check_routes(config: Config) -> list[Problem]:
                 problems.append(((*at, "listen", "port"), message))
             ports.setdefault(port, i)
     return problems
+
+
+def _check_tls(config: Config) -> list[Problem]:
+    """Forward-proxy clients speak plain HTTP to their proxy (``HTTPS_PROXY=http://…``)."""
+    if config.forward_proxy.enabled and config.listen.tls is not None:
+        return [
+            (
+                ("listen", "tls"),
+                "forward-proxy mode serves the main listener over plain HTTP (clients "
+                "reach vendors through CONNECT tunnels); give TLS to routes' own listeners "
+                "(match.listen.tls) instead",
+            )
+        ]
+    return []
 
 
 def _prefixes_overlap(a: str, b: str) -> bool:

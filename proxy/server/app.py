@@ -20,7 +20,6 @@ from aiohttp import web
 
 from proxy.config import Config, ConfigError
 from proxy.config import SessionStore as StoreSettings
-from proxy.config.load import load_config
 from proxy.core.clock import Clock
 from proxy.core.errors import ProxyError
 from proxy.core.hosts import is_loopback
@@ -31,10 +30,12 @@ from proxy.server.admin import Admin
 from proxy.server.connect import ForwardProxyServer
 from proxy.server.guard import Guard
 from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer
+from proxy.server.listen_tls import ListenerKey, Loaded, RotatingContext, load_listeners, rotating
 from proxy.server.listeners import Listener, Sockets, bind_socket
 from proxy.server.pipeline import Door, Pipeline
+from proxy.server.reloads import error_message, read_config, restart_needed, warn_expiring
 from proxy.server.runtime import Runtime
-from proxy.server.startup import check_startup
+from proxy.server.startup import plain_beyond_loopback
 from proxy.server.state import ReloadResult, ServerState
 from proxy.server.tls import LocalCA
 from proxy.sessions.lease import SessionStatus
@@ -51,6 +52,7 @@ LOGOUT_BUDGET = 5.0
 # After the drain, requests still running are cancelled; aiohttp reads a 0 here as "wait
 # forever", so the grace they get to unwind must be a small positive number.
 STRAGGLER_GRACE = 0.1
+BACKLOG = 128  # aiohttp's default
 
 
 class ProxyServer:
@@ -91,7 +93,8 @@ class ProxyServer:
         self._retiring: set[Runtime] = set()  # replaced by a reload, maybe still in use
         self.header_timeout = HEADER_TIMEOUT  # read by start()
         self.listeners: list[Listener] = []
-        self._runners: list[web.ServerRunner] = []
+        self._runners: list[tuple[asyncio.Server, web.ServerRunner]] = []
+        self._tls: dict[ListenerKey, RotatingContext] = {}  # what a reload rotates
 
     @property
     def runtime(self) -> Runtime:
@@ -156,6 +159,10 @@ class ProxyServer:
         first = self._startup or self.config
         fp = first.forward_proxy
         ca = LocalCA.load_or_create(fp.ca.cert, fp.ca.key) if fp.enabled else None
+        tls = load_listeners(first)
+        if first is not self.config:  # a restarted worker: the files as of the last reload
+            current = load_listeners(self.config).contexts
+            tls.contexts.update({key: current.get(key, c) for key, c in tls.contexts.items()})
         reuse = first.workers > 1
         for host, port, route in first.listeners():
             sock = sockets.pop((host, port), None) or bind_socket(host, port, reuse_port=reuse)
@@ -165,16 +172,25 @@ class ProxyServer:
                 is_loopback(host),
                 route is None and ca is not None,
             )
-            await self._serve(sock, door, ca)
+            context = tls.contexts.get((host, port, route))
+            if context is not None:
+                self._tls[host, port, route] = rotating(context)
+            await self._serve(sock, door, ca, self._tls.get((host, port, route)))
             self.listeners.append(Listener(host, bound))
         log.info(
             "listening",
             pid=os.getpid(),
             listeners=[f"{lst.host}:{lst.port}" for lst in self.listeners],
+            tls=[f"{host}:{port}" for host, port, _route in self._tls],
             routes=list(self.runtime.routes),
         )
+        for line in plain_beyond_loopback(first):
+            log.warning("listener_without_tls", warning=line)
+        warn_expiring(tls)
 
-    async def _serve(self, sock: Any, door: Door, ca: LocalCA | None) -> None:
+    async def _serve(
+        self, sock: Any, door: Door, ca: LocalCA | None, tls: RotatingContext | None
+    ) -> None:
         settings: dict[str, Any] = {
             "auto_decompress": False,  # bodies pass through exactly as sent
             "max_field_size": MAX_FIELD_SIZE,
@@ -197,12 +213,20 @@ class ProxyServer:
         )
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=STRAGGLER_GRACE)
         await runner.setup()
-        await web.SockSite(runner, sock).start()
-        self._runners.append(runner)
+        # Served without aiohttp's SockSite, which cannot bound the TLS handshake: it
+        # comes before the request head, and is held to the same bound.
+        listening = await asyncio.get_running_loop().create_server(
+            server,
+            sock=sock,
+            ssl=tls,
+            ssl_handshake_timeout=None if tls is None else self.header_timeout,
+            backlog=BACKLOG,
+        )
+        self._runners.append((listening, runner))
 
     # ------------------------------------------------------------------ lifecycle
 
-    def reload(self, config: Config) -> ReloadResult:
+    def reload(self, config: Config, tls: Loaded | None = None) -> ReloadResult:
         """Swap in ``config``; routes whose login settings are unchanged keep their sessions.
 
         The session of a route whose auth changed, or that is gone, is logged out at the
@@ -210,12 +234,17 @@ class ProxyServer:
         uses it. A login rejection holds until the route's credentials change: its secret
         sources are read again at its next request (a rotated password file is a change,
         and the session made with the old one is not used again). Listeners are not
-        rebound; a change to them is reported as needing a restart.
+        rebound; a change to them is reported as needing a restart. ``tls``, the TLS
+        listeners' files read again, serves their new connections from now on.
         """
+        if tls is not None:
+            for key, context in self._tls.items():
+                context.current = tls.contexts.get(key, context.current)
+            warn_expiring(tls)
         previous = self.runtime
         self.state.runtime = self._build(config, previous)
         self._use_audit(config.log.audit)
-        result = ReloadResult(ok=True, restart_needed=_restart_needed(previous.config, config))
+        result = ReloadResult(ok=True, restart_needed=restart_needed(previous.config, config))
         for name, rt in self.runtime.routes.items():
             old = previous.routes.get(name)
             if old is None:
@@ -253,17 +282,18 @@ class ProxyServer:
                 raise ConfigError("the proxy was not started from a config file")
             config = await asyncio.to_thread(read_config, self.config_path)
         except (ConfigError, ProxyError) as exc:
-            return self.reload_refused(_message(exc))
+            return self.reload_refused(error_message(exc))
         return await self.apply_config(config)
 
     async def apply_config(self, config: Config) -> ReloadResult:
         """Reload with ``config``, already read and validated (a worker gets it from its
         supervisor, README "Workers"); its client tokens are resolved here."""
         try:
+            tls = await asyncio.to_thread(load_listeners, config)  # certificates rotate
             await self.guard.load(config)  # client tokens may have changed too
         except (ConfigError, ProxyError) as exc:
-            return self.reload_refused(_message(exc))
-        return self.reload(config)
+            return self.reload_refused(error_message(exc))
+        return self.reload(config, tls)
 
     def reload_refused(self, error: str, *, logged: bool = False) -> ReloadResult:
         """The reload failed: the config stays as it was. ``logged``: said elsewhere
@@ -333,8 +363,9 @@ class ProxyServer:
         log.info("draining", inflight=state.inflight, timeout=timeout)
         if not await state.drained(timeout):
             log.warning("drain_timeout", inflight=state.inflight)
-        for runner in self._runners:
-            await runner.cleanup()  # closes listeners and connections, cancels stragglers
+        for listening, runner in self._runners:
+            listening.close()
+            await runner.cleanup()  # closes connections, cancels stragglers
         self._runners.clear()
         await self.logout_all()
         await self.stores.close()
@@ -357,30 +388,3 @@ class ProxyServer:
             await asyncio.wait_for(asyncio.gather(*tasks), LOGOUT_BUDGET)
         except TimeoutError:
             log.warning("logout_timeout", seconds=LOGOUT_BUDGET)
-
-
-def read_config(path: Path) -> Config:
-    """The config file at ``path``, valid and allowed to start (what a reload reads)."""
-    config = load_config(path)
-    check_startup(config)
-    return config
-
-
-def _message(exc: ConfigError | ProxyError) -> str:
-    return exc.message if isinstance(exc, ProxyError) else str(exc)
-
-
-def _restart_needed(old: Config, new: Config) -> list[str]:
-    """Settings that only take effect at start-up and that ``new`` changes."""
-    changed = []
-    if set(old.listeners()) != set(new.listeners()):
-        changed.append("listeners")
-    if old.workers != new.workers:
-        changed.append("workers")
-    if (old.log.level, old.log.format) != (new.log.level, new.log.format):
-        changed.append("log")
-    if old.forward_proxy != new.forward_proxy:
-        changed.append("forward_proxy")
-    if old.session_store != new.session_store:
-        changed.append("session_store")
-    return changed

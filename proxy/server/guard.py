@@ -4,9 +4,11 @@
   ``client_auth.tokens``, compared in constant time. Forward-proxy requests (CONNECT,
   absolute-form) may also send ``Basic`` with the token as the password: that is what
   clients derive from ``HTTPS_PROXY=http://user:<token>@host:port``. A request without
-  the header may instead present a verified client certificate whose subject
-  ``client_auth.certificates`` names. The answer is the ``Client``, whose scope the
-  pipeline checks once the route is known (``server.clients``).
+  the header may instead come over a mutual-TLS listener, whose handshake verified the
+  client's certificate: its subject names the client (``client_auth.certificates``;
+  without that list, any certificate the listener's ``client_ca`` signed, named by its
+  CN). The answer is the ``Client``, whose scope the pipeline checks once the route is
+  known (``server.clients``).
 - DNS-rebinding defence: on a loopback listener, the ``Host`` header must be a loopback
   name/address or a host a route matches; a web page that rebinds its own name to
   127.0.0.1 is refused.
@@ -25,19 +27,19 @@ from __future__ import annotations
 import base64
 import functools
 import re
-import ssl
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
 from multidict import CIMultiDictProxy, istr
 
-from proxy.config import Config
+from proxy.config import FULL_ACCESS, ClientIdentity, Config
+from proxy.config.clients import common_name
 from proxy.core.clock import Clock
 from proxy.core.errors import BadRequest, ClientUnauthorized, Forbidden, MethodNotAllowed
 from proxy.core.hosts import loopback_host
 from proxy.ops.logs import REDACTOR
 from proxy.server.clients import Client, Clients
+from proxy.server.peers import peer_subject
 from proxy.server.routing import Router
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -62,27 +64,6 @@ def check_state_change(request: web.BaseRequest) -> None:
         "this endpoint changes state: send the header X-Auth-Proxy: 1 or a "
         "Content-Type: application/json body (an HTML form can send neither)"
     )
-
-
-@functools.lru_cache(maxsize=256)
-def _subject_of(der: bytes) -> str:
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
-
-
-def peer_subject(request: web.BaseRequest) -> str | None:
-    """The RFC 4514 subject of the client's verified certificate (``CN=…,O=…``), or
-    None on a connection without TLS or without a client certificate."""
-    transport = request.transport
-    if transport is None:
-        return None
-    tls = transport.get_extra_info("ssl_object")
-    # Without verification the certificate is whatever the client chose to send.
-    if not isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
-        return None
-    if tls.context.verify_mode == ssl.CERT_NONE:
-        return None
-    der = tls.getpeercert(binary_form=True)
-    return None if der is None else _subject_of(der)
 
 
 class Guard:
@@ -161,21 +142,28 @@ class Guard:
         raise Forbidden(f"Host {host!r} is not served here (DNS-rebinding protection)")
 
     def check_client(self, request: web.BaseRequest, *, basic: bool = False) -> Client | None:
-        """Who sent the request (None without ``client_auth``); 401 if nobody we know."""
-        clients = self._clients
-        if clients is None:
-            return None
+        """Who sent the request (None without client authentication); 401 if nobody we
+        know. A ``Proxy-Authorization`` header wins over a client certificate."""
         header = request.headers.get("Proxy-Authorization")
-        if header is None and clients.subjects:
-            subject = peer_subject(request)
-            if subject is not None:
-                client = clients.subjects.get(subject)
-                if client is None:
-                    raise ClientUnauthorized(
-                        f"the client certificate {subject} is not in client_auth.certificates"
-                    )
-                return client
+        if header is None and (subject := peer_subject(request)) is not None:
+            return self._certificate_client(subject)
+        if self._clients is None:
+            return None
         return self.check_credentials(header or "", basic=basic)
+
+    def _certificate_client(self, subject: str) -> Client:
+        """The client a verified certificate names: the ``client_auth.certificates``
+        entry for its subject (401 if none), or, without that list, a client with every
+        right named by the certificate's CN (the listener's ``client_ca`` vouched for it)."""
+        clients = self._clients
+        if clients is None or not clients.subjects:
+            return _certified(subject)
+        client = clients.subjects.get(subject)
+        if client is None:
+            raise ClientUnauthorized(
+                f"the client certificate {subject} is not in client_auth.certificates"
+            )
+        return client
 
     def check_credentials(self, header: str, *, basic: bool = False) -> Client | None:
         """Check a ``Proxy-Authorization`` value; ``basic`` also accepts user:token."""
@@ -200,3 +188,9 @@ class Guard:
         if client is None:
             raise ClientUnauthorized("the client token is not valid")
         return client
+
+
+@functools.lru_cache(maxsize=256)
+def _certified(subject: str) -> Client:
+    """A certificate client with every right, named by its CN (else its subject)."""
+    return Client(ClientIdentity(common_name(subject) or subject, FULL_ACCESS), None)

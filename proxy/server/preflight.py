@@ -5,7 +5,9 @@ Each problem is one line starting with the key to change. The checks read and bi
 change nothing: every secret source is resolved (a ``{command}`` is not run: it may hand
 out single-use tokens) and never shown; the forward-proxy CA, the state directory, the
 audit log and an explicit ``session_store.path`` must be readable or creatable by this
-user; every fixed port must be free.
+user; every fixed port must be free; every TLS listener's files usable and within their
+validity. Warnings (a listener beyond loopback without TLS, a certificate that expires
+soon) do not stop it.
 """
 
 from __future__ import annotations
@@ -19,24 +21,35 @@ from pydantic import BaseModel
 
 from proxy.config import Config, ConfigError, key_path
 from proxy.core.secrets import Secret
+from proxy.server.listen_tls import Findings, load_listeners
 from proxy.server.listeners import bind_problem, probe_bind
-from proxy.server.startup import check_startup
+from proxy.server.startup import check_startup, plain_beyond_loopback
 
 Loc = tuple[str | int, ...]
 
 
 def preflight(config: Config) -> list[str]:
     """Every problem that would stop ``serve`` or its logins, one line each."""
-    problems: list[str] = []
+    return preflight_report(config).problems
+
+
+def preflight_report(config: Config) -> Findings:
+    """Every problem (as ``preflight``) and every warning, one line each."""
+    found = Findings()
     try:
         check_startup(config)
     except ConfigError as exc:
-        problems.extend(exc.lines)
-    problems += _workers(config)
-    problems += [f"{key_path(loc)}: {why}" for loc, why in _secret_problems(config)]
-    problems += _state(config)
-    problems += _ports(config)
-    return problems
+        found.problems.extend(exc.lines)
+    found.problems += _workers(config)
+    found.problems += [f"{key_path(loc)}: {why}" for loc, why in _secret_problems(config)]
+    found.problems += _state(config)
+    found.problems += _ports(config)
+    found.warnings += plain_beyond_loopback(config)
+    try:
+        found.warnings += load_listeners(config).warnings
+    except ConfigError as exc:
+        found.problems.extend(exc.lines)
+    return found
 
 
 def check_preflight(config: Config) -> None:
