@@ -17,6 +17,7 @@ from proxy.config import Config, default_config_path
 from proxy.config import SessionStore as StoreSettings
 from proxy.config.load import load_config
 from proxy.ops.logs import setup_logging
+from proxy.ops.metrics_files import forget_process, share_between_processes
 from proxy.server.app import ProxyServer
 from proxy.server.listeners import Sockets
 from proxy.server.preflight import check_preflight
@@ -35,20 +36,30 @@ def serve_command(config_arg: str | None) -> int:
         settings = asyncio.run(
             effective_settings(config.session_store, time.time, config.state_dir)
         )
+        run_dir = _run_directory(config.state_dir)
+        metrics_dir = run_dir / "metrics"
+        metrics_dir.mkdir()
         # Sessions in memory are per worker; their login verdicts are still shared.
-        run_dir = _run_directory(config.state_dir) if settings.type == "memory" else None
+        verdicts = run_dir if settings.type == "memory" else None
 
         def worker(sockets: Sockets) -> int:
             install_uvloop()
+            share_between_processes(metrics_dir)
             return asyncio.run(
-                serve(config, config_path, sockets=sockets, store=settings, run_dir=run_dir)
+                serve(
+                    config,
+                    config_path,
+                    sockets=sockets,
+                    store=settings,
+                    run_dir=verdicts,
+                    metrics_dir=metrics_dir,
+                )
             )
 
         try:
-            return Supervisor(config, worker).run()
+            return Supervisor(config, worker, lambda pid: forget_process(pid, metrics_dir)).run()
         finally:
-            if run_dir is not None:
-                shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
     return run(serve(config, config_path))
 
 
@@ -59,8 +70,15 @@ async def serve(
     sockets: dict[tuple[str, int], socket.socket] | None = None,
     store: StoreSettings | None = None,
     run_dir: Path | None = None,
+    metrics_dir: Path | None = None,
 ) -> int:
-    server = ProxyServer(config, config_path=config_path, store_settings=store, run_dir=run_dir)
+    server = ProxyServer(
+        config,
+        config_path=config_path,
+        store_settings=store,
+        run_dir=run_dir,
+        metrics_dir=metrics_dir,
+    )
     await server.start(sockets)
     stop = asyncio.Event()
 
@@ -77,9 +95,10 @@ async def serve(
 
 
 def _run_directory(state_dir: str | None) -> Path:
-    """A fresh directory for this run's shared verdicts: in the state directory (a
-    container's writable volume, where the rest of the file system may be read-only),
-    else in the system's temporary directory."""
+    """A fresh directory for what this run's workers share (metrics; login verdicts when
+    sessions are in memory), removed at exit: in the state directory (a container's
+    writable volume, where the rest of the file system may be read-only), else in the
+    system's temporary directory."""
     if state_dir is not None:
         Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="auth-proxy-run-", dir=state_dir))

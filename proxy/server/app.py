@@ -26,6 +26,7 @@ from proxy.core.errors import ProxyError
 from proxy.core.hosts import is_loopback
 from proxy.ops.logs import ACCESS_LOG, REDACTOR
 from proxy.ops.metrics import Metrics
+from proxy.ops.metrics_files import PUBLISH_INTERVAL
 from proxy.server.admin import Admin
 from proxy.server.connect import ForwardProxyServer
 from proxy.server.guard import Guard
@@ -61,25 +62,28 @@ class ProxyServer:
         config_path: Path | str | None = None,
         store_settings: StoreSettings | None = None,
         run_dir: Path | None = None,
+        metrics_dir: Path | None = None,
     ) -> None:
         self.clock = clock or Clock()
         # Per process until start() opens the configured store (``check --login`` never
         # does: it logs in for real and logs out). ``store_settings`` replaces the
         # config's (a supervisor that found the default location unusable); ``run_dir``
-        # is where workers share login verdicts when sessions are kept in memory.
+        # is where workers share login verdicts when sessions are kept in memory;
+        # ``metrics_dir`` where they share metrics (``metrics_files``).
         self.stores: SessionStores = memory_stores(self.clock.now)
         self._store_settings = store_settings
         self._run_dir = run_dir
         self._stores_open = False
         self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
-        self.metrics = Metrics(self._session_statuses, self.clock.now)
+        self.metrics = Metrics(self._session_statuses, self._inflight, shared=metrics_dir)
         self.state = ServerState(self._build(config, None), self.metrics, Guard(), self.clock)
         self.state.reload = self.reload_from_file
         self.metrics.reloaded(True, self.clock.now())
         self.admin = Admin(self.state)
         self.pipeline = Pipeline(self.state, self.admin)
         self._background: set[asyncio.Task[Any]] = set()
+        self._publisher: asyncio.Task[None] | None = None  # metrics, with workers
         self._retiring: set[Runtime] = set()  # replaced by a reload, maybe still in use
         self.header_timeout = HEADER_TIMEOUT  # read by start()
         self.listeners: list[Listener] = []
@@ -122,6 +126,15 @@ class ProxyServer:
         for name, rt in self.runtime.routes.items():
             yield name, rt.sessions.status()
 
+    def _inflight(self) -> int:
+        return self.state.inflight
+
+    async def _publish_metrics(self) -> None:
+        """With workers: this worker's state, for the scrapes other workers answer."""
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(PUBLISH_INTERVAL)
+
     # ------------------------------------------------------------------ listeners
 
     async def open_stores(self) -> None:
@@ -157,6 +170,8 @@ class ProxyServer:
             )
             await self._serve(sock, door, ca)
             self.listeners.append(Listener(host, bound))
+        if self.metrics.shared:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_metrics())
         log.info(
             "listening",
             pid=os.getpid(),
@@ -292,6 +307,8 @@ class ProxyServer:
         for runner in self._runners:
             await runner.cleanup()  # closes listeners and connections, cancels stragglers
         self._runners.clear()
+        if self._publisher is not None:
+            self._publisher.cancel()
         await self.logout_all()
         await self.stores.close()
         await self.outbound.close()

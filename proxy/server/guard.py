@@ -3,7 +3,9 @@
 - Client authentication: ``Proxy-Authorization: Bearer <token>`` against
   ``client_auth.tokens``, compared in constant time. Forward-proxy requests (CONNECT,
   absolute-form) may also send ``Basic`` with the token as the password: that is what
-  clients derive from ``HTTPS_PROXY=http://user:<token>@host:port``.
+  clients derive from ``HTTPS_PROXY=http://user:<token>@host:port``. A scrape of
+  ``/-/metrics`` may send ``Authorization: Bearer <token>`` instead, which is what
+  Prometheus sends; nowhere else, where ``Authorization`` is the vendor's header.
 - DNS-rebinding defence: on a loopback listener, the ``Host`` header must be a loopback
   name/address or a host a route matches; a web page that rebinds its own name to
   127.0.0.1 is refused.
@@ -40,6 +42,7 @@ _STATE_CHANGE_HEADER = istr("X-Auth-Proxy")
 _ECHO_METHODS = frozenset({"TRACE", "TRACK"})
 # Probes must work without credentials (container health checks, load balancers).
 OPEN_ADMIN_PATHS = frozenset({"/-/healthz", "/-/readyz"})
+SCRAPE_PATH = "/-/metrics"
 
 
 def check_state_change(request: web.BaseRequest) -> None:
@@ -115,8 +118,14 @@ class Guard:
             return
         raise Forbidden(f"Host {host!r} is not served here (DNS-rebinding protection)")
 
-    def check_client(self, request: web.BaseRequest, *, basic: bool = False) -> None:
-        self.check_credentials(request.headers.get("Proxy-Authorization", ""), basic=basic)
+    def check_client(
+        self, request: web.BaseRequest, *, basic: bool = False, scrape: bool = False
+    ) -> None:
+        """``scrape``: a scrape of ``/-/metrics``, which may use ``Authorization``."""
+        header = request.headers.get("Proxy-Authorization", "")
+        if scrape and not header:
+            header = request.headers.get("Authorization", "")
+        self.check_credentials(header, basic=basic)
 
     def check_credentials(self, header: str, *, basic: bool = False) -> None:
         """Check a ``Proxy-Authorization`` value; ``basic`` also accepts user:token."""

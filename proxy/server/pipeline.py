@@ -22,7 +22,7 @@ from proxy.ops.logs import ACCESS_LOG
 from proxy.server import cors, emulation
 from proxy.server.admin import Admin
 from proxy.server.connect import Target, route_for, target_of
-from proxy.server.guard import OPEN_ADMIN_PATHS
+from proxy.server.guard import OPEN_ADMIN_PATHS, SCRAPE_PATH
 from proxy.server.responses import error_response
 from proxy.server.runtime import Runtime
 from proxy.server.state import ServerState
@@ -139,9 +139,10 @@ class Pipeline:
             return
         if door.loopback:
             guard.check_host(host, runtime.router)
-        guard.check_client(request)
+        guard.check_client(request, scrape=ex.path == SCRAPE_PATH)
 
     def _refuse(self, ex: Exchange, exc: ProxyError) -> web.Response:
+        ex.error_code = exc.code
         if ex.route is not None:
             exc.for_route(ex.route.name)
         if isinstance(exc, ClientAborted):
@@ -156,7 +157,9 @@ class Pipeline:
     def _record(self, ex: Exchange, runtime: Runtime, elapsed: float) -> None:
         """The request's access line and metrics (scrapes of ``/-/`` are not traffic)."""
         if ex.route is not None or not ex.path.startswith("/-/"):
-            self.state.metrics.request(ex.route_name, ex.status, elapsed, ex.replayed)
+            self.state.metrics.request(
+                ex.route_name, ex.status, elapsed, ex.replayed, ex.error_code
+            )
         if runtime.config.log.access:
             ACCESS_LOG.write(
                 ex.route_name,

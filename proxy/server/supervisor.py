@@ -36,9 +36,15 @@ WorkerTarget = Callable[[Sockets], int]
 
 
 class Supervisor:
-    def __init__(self, config: Config, target: WorkerTarget) -> None:
+    def __init__(
+        self,
+        config: Config,
+        target: WorkerTarget,
+        on_exit: Callable[[int], None] = lambda pid: None,
+    ) -> None:
         self.config = config
         self.target = target
+        self.on_exit = on_exit  # called with the pid of a worker that ended
         self.stopping = False
         self.pids: dict[int, int] = {}  # pid -> worker index
         self.ports: dict[tuple[str, int], int] = {}
@@ -94,6 +100,7 @@ class Supervisor:
             index = self.pids.pop(pid, None)
             if index is None:
                 continue
+            self.on_exit(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 worst = max(worst, code)

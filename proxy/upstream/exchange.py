@@ -33,6 +33,7 @@ class Exchange:
     rest: str = ""  # the path after the prefix
     cors_origin: str | None = None  # an allowed browser origin: every answer names it
     status: int = 500
+    error_code: str | None = None  # the proxy's own error code, when it made the answer
     upstream_seconds: float = 0.0
     replayed: bool = False
     responding: bool = False  # the answer's headers went to the client
