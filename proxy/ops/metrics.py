@@ -46,6 +46,10 @@ LOGIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 CLIENT_ABORTED = 499  # nginx's convention: its own label, so neither 4xx nor 5xx alerts see it
+# Made at zero for every route, so that increase() sees the first one (alerts).
+LOGIN_RESULTS = ("ok", "rejected", "login_failed", "untrusted_upstream")
+THROTTLE_ACTIONS = ("retried", "passed_on")
+SESSION_SOURCES = ("login", "another_process", "restart")
 # Every code the proxy answers with, and its status: ProxyError's own is "internal", 500.
 PROXY_CODES = {ProxyError.code: 500, **STATUS_BY_CODE}
 EXPIRY = "auth_proxy_session_expiry_timestamp_seconds"
@@ -286,12 +290,18 @@ class Metrics:
         for name in names:
             if name not in self._routes:
                 self._routes[name] = _RouteChildren(self, name)
-                self.logins.labels(name, "ok")
+                for result in LOGIN_RESULTS:
+                    self.logins.labels(name, result)
                 self.login_seconds.labels(name)
                 self.store_fallbacks.labels(name)
+                self.preflight_renewals.labels(name)
+                for action in THROTTLE_ACTIONS:
+                    self.throttled_responses.labels(name, action)
+                for source in SESSION_SOURCES:
+                    self.session_sources.labels(name, source)
 
     def throttled(self, route: str, retried: bool) -> None:
-        self.throttled_responses.labels(route, "retried" if retried else "passed_on").inc()
+        self.throttled_responses.labels(route, THROTTLE_ACTIONS[not retried]).inc()
 
     def preflight_renewal(self, route: str) -> None:
         self.preflight_renewals.labels(route).inc()
