@@ -358,7 +358,7 @@ class Metrics:
         """Set the gauges that describe the proxy's state now: requests in flight (less
         the scrape asking), queues, and each route's session. Routes a reload removed
         read 0 (with workers, a series cannot be taken back)."""
-        self.in_flight.set(self._inflight() - (1 if scraping else 0))
+        self.in_flight.set(max(0, self._inflight() - (1 if scraping else 0)))
         for route, queued in self._queues.items():
             self.queue_length.labels(route).set(queued())
         seen = set()
