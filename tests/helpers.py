@@ -174,6 +174,17 @@ async def wait_for(
         await asyncio.sleep(0.005)
 
 
+async def wait_for_async(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """``wait_for`` with a condition that must be awaited (one HTTP call, say)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 async def wait_for_status(http: aiohttp.ClientSession, url: str, status: int) -> None:
     """Ask ``url`` until it answers ``status``; fail the test after 10 seconds."""
     deadline = time.monotonic() + 10

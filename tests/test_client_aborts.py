@@ -26,13 +26,13 @@ UPSTREAM_ERRORS = ("upstream_unreachable", "upstream_timeout", "upstream_failed_
 
 
 async def requests_metric(http: aiohttp.ClientSession, server: ProxyServer) -> dict[str, float]:
-    """``auth_proxy_requests_total`` of route ``up``, by status label."""
+    """``auth_proxy_requests_total`` of route ``up``, by status label (whatever the code)."""
     samples = await scrape(http, base(server, "/-/metrics"))
-    return {
-        labels["status"]: value
-        for (name, frozen), value in samples.items()
-        if name == "auth_proxy_requests_total" and (labels := dict(frozen))["route"] == "up"
-    }
+    counts: dict[str, float] = {}
+    for (name, frozen), value in samples.items():
+        if name == "auth_proxy_requests_total" and (labels := dict(frozen))["route"] == "up":
+            counts[labels["status"]] = counts.get(labels["status"], 0) + value
+    return counts
 
 
 async def connect(server: ProxyServer, head: str, body: bytes = b"") -> asyncio.StreamWriter:

@@ -90,7 +90,7 @@ async def test_workers_keep_what_they_share_in_the_state_directory(
 ) -> None:
     # --read-only with workers: 2 failed for want of a temp directory. They share login
     # verdicts: in the session store (local: <state>/sessions, kept for the next run) or,
-    # with sessions in memory, in a directory of this run's.
+    # with sessions in memory, in a directory of this run's; metrics in that directory.
     state = tmp_path / "state"
     config = tmp_path / "config.yaml"
     listen = {"host": "127.0.0.1", "port": unused_tcp_port}
@@ -105,11 +105,10 @@ async def test_workers_keep_what_they_share_in_the_state_directory(
         config, unused_tcp_port, tmp_path, env={"AUTH_PROXY_STATE_DIR": str(state)}
     )
     try:
-        kept = [p.name for p in state.iterdir()]
-        if store == "memory":
-            assert len(kept) == 1 and kept[0].startswith("auth-proxy-run-")
-        else:
-            assert kept == ["sessions"]
+        kept = sorted(p.name for p in state.iterdir())
+        [run] = [name for name in kept if name.startswith("auth-proxy-run-")]
+        assert kept == sorted([run] if store == "memory" else [run, "sessions"])
+        assert any((state / run / "metrics").iterdir())
         served.proc.terminate()
         await served.finish()
     finally:

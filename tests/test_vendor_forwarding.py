@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from helpers import base, iics_route, ivanti_key_route, wait_for
+from helpers import base, iics_route, ivanti_key_route, metric, scrape, wait_for
 
 from proxy.core.clock import ManualClock
 from proxy.sandbox import RateLimit, Sandbox
@@ -160,6 +160,9 @@ async def test_beyond_max_concurrent_requests_queue_in_order(
         rest.append(asyncio.create_task(get(n)))
         await wait_for(lambda n=n: _queued(server) == n, what=f"request {n} queued")
     assert gate.arrived == ["0"]  # the others wait at the proxy, not at the vendor
+    samples = await scrape(http, base(server, "/-/metrics"))
+    assert metric(samples, "auth_proxy_route_queue_length", route="up") == 3
+    assert metric(samples, "auth_proxy_requests_in_flight") == 4  # the scrape not counted
     gate.open.set()
     answers = [await task for task in (first, *rest)]
     assert [a[1]["n"] for a in answers] == ["0", "1", "2", "3"]

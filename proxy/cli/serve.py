@@ -17,6 +17,7 @@ from proxy.config import Config, default_config_path
 from proxy.config import SessionStore as StoreSettings
 from proxy.config.load import load_config
 from proxy.ops.logs import setup_logging
+from proxy.ops.metrics_files import forget_process, share_between_processes
 from proxy.server.app import ProxyServer
 from proxy.server.preflight import check_preflight
 from proxy.server.reloads import read_config
@@ -36,27 +37,36 @@ def serve_command(config_arg: str | None) -> int:
         settings = asyncio.run(
             effective_settings(config.session_store, time.time, config.state_dir)
         )
+        run_dir = _run_directory(config.state_dir)
+        metrics_dir = run_dir / "metrics"
+        metrics_dir.mkdir()
         # Sessions in memory are per worker; their login verdicts are still shared.
-        run_dir = _run_directory(config.state_dir) if settings.type == "memory" else None
+        verdicts = run_dir if settings.type == "memory" else None
 
         def worker(start: WorkerStart) -> int:
             install_uvloop()
+            share_between_processes(metrics_dir)
             return asyncio.run(
                 serve(
                     start.config,
                     config_path,
                     sockets=start.sockets,
                     store=settings,
-                    run_dir=run_dir,
+                    run_dir=verdicts,
                     worker=start,
+                    metrics_dir=metrics_dir,
                 )
             )
 
         try:
-            return Supervisor(config, worker, lambda: read_config(config_path)).run()
+            return Supervisor(
+                config,
+                worker,
+                lambda: read_config(config_path),
+                on_exit=lambda pid: forget_process(pid, metrics_dir),
+            ).run()
         finally:
-            if run_dir is not None:
-                shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
     return run(serve(config, config_path))
 
 
@@ -68,6 +78,7 @@ async def serve(
     store: StoreSettings | None = None,
     run_dir: Path | None = None,
     worker: WorkerStart | None = None,
+    metrics_dir: Path | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT. A ``worker`` reloads through its supervisor."""
     server = ProxyServer(
@@ -76,6 +87,7 @@ async def serve(
         store_settings=store,
         run_dir=run_dir,
         startup=worker.startup if worker is not None else None,
+        metrics_dir=metrics_dir,
     )
     link = None
     if worker is not None:
@@ -108,9 +120,10 @@ async def serve(
 
 
 def _run_directory(state_dir: str | None) -> Path:
-    """A fresh directory for this run's shared verdicts: in the state directory (a
-    container's writable volume, where the rest of the file system may be read-only),
-    else in the system's temporary directory."""
+    """A fresh directory for what this run's workers share (metrics; login verdicts when
+    sessions are in memory), removed at exit: in the state directory (a container's
+    writable volume, where the rest of the file system may be read-only), else in the
+    system's temporary directory."""
     if state_dir is not None:
         Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="auth-proxy-run-", dir=state_dir))

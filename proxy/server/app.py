@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from proxy.config import Config, ConfigError
 from proxy.config import SessionStore as StoreSettings
@@ -26,15 +25,17 @@ from proxy.core.hosts import is_loopback
 from proxy.ops.audit import AuditLog
 from proxy.ops.logs import ACCESS_LOG, REDACTOR
 from proxy.ops.metrics import Metrics
+from proxy.ops.metrics_files import PUBLISH_INTERVAL
 from proxy.server.admin import Admin
 from proxy.server.connect import ForwardProxyServer
 from proxy.server.guard import Guard
-from proxy.server.httpserver import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ProxyHttpServer
+from proxy.server.httpserver import HEADER_TIMEOUT, ProxyHttpServer
 from proxy.server.listen_tls import ListenerKey, Loaded, RotatingContext, load_listeners, rotating
 from proxy.server.listeners import Listener, Sockets, bind_socket
 from proxy.server.pipeline import Door, Pipeline
 from proxy.server.reloads import error_message, read_config, restart_needed, warn_expiring
 from proxy.server.runtime import Runtime
+from proxy.server.sites import Site, http_settings, open_site
 from proxy.server.startup import plain_beyond_loopback
 from proxy.server.state import ReloadResult, ServerState
 from proxy.server.tls import LocalCA
@@ -45,14 +46,7 @@ from proxy.upstream.client import Outbound
 
 log = structlog.get_logger("auth_proxy")
 
-# IICS session ids may be JWTs of up to 16,000 characters.
-MAX_FIELD_SIZE = 32 * 1024
-MAX_LINE_SIZE = 32 * 1024
 LOGOUT_BUDGET = 5.0
-# After the drain, requests still running are cancelled; aiohttp reads a 0 here as "wait
-# forever", so the grace they get to unwind must be a small positive number.
-STRAGGLER_GRACE = 0.1
-BACKLOG = 128  # aiohttp's default
 
 
 class ProxyServer:
@@ -65,12 +59,14 @@ class ProxyServer:
         store_settings: StoreSettings | None = None,
         run_dir: Path | None = None,
         startup: Config | None = None,
+        metrics_dir: Path | None = None,
     ) -> None:
         self.clock = clock or Clock()
         # Per process until start() opens the configured store (``check --login`` never
         # does: it logs in for real and logs out). ``store_settings`` replaces the
         # config's (a supervisor that found the default location unusable); ``run_dir``
-        # is where workers share login verdicts when sessions are kept in memory.
+        # is where workers share login verdicts when sessions are kept in memory;
+        # ``metrics_dir`` where they share metrics (``metrics_files``).
         self.stores: SessionStores = memory_stores(self.clock.now)
         self._store_settings = store_settings
         self._run_dir = run_dir
@@ -81,7 +77,7 @@ class ProxyServer:
         self._stores_open = False
         self.config_path = Path(config_path) if config_path is not None else None
         self.outbound = Outbound()
-        self.metrics = Metrics(self._session_statuses, self.clock.now)
+        self.metrics = Metrics(self._session_statuses, self._inflight, shared=metrics_dir)
         self.state = ServerState(
             self._build(config, None), self.metrics, Guard(self.clock), self.clock
         )
@@ -90,10 +86,11 @@ class ProxyServer:
         self.admin = Admin(self.state)
         self.pipeline = Pipeline(self.state, self.admin)
         self._background: set[asyncio.Task[Any]] = set()
+        self._publisher: asyncio.Task[None] | None = None  # metrics, with workers
         self._retiring: set[Runtime] = set()  # replaced by a reload, maybe still in use
         self.header_timeout = HEADER_TIMEOUT  # read by start()
         self.listeners: list[Listener] = []
-        self._runners: list[tuple[asyncio.Server, web.ServerRunner]] = []
+        self._sites: list[Site] = []
         self._tls: dict[ListenerKey, RotatingContext] = {}  # what a reload rotates
 
     @property
@@ -132,6 +129,15 @@ class ProxyServer:
     def _session_statuses(self) -> Iterator[tuple[str, SessionStatus]]:
         for name, rt in self.runtime.routes.items():
             yield name, rt.sessions.status()
+
+    def _inflight(self) -> int:
+        return self.state.inflight
+
+    async def _publish_metrics(self) -> None:
+        """With workers: this worker's state, for the scrapes other workers answer."""
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(PUBLISH_INTERVAL)
 
     # ------------------------------------------------------------------ listeners
 
@@ -177,6 +183,8 @@ class ProxyServer:
                 self._tls[host, port, route] = rotating(context)
             await self._serve(sock, door, ca, self._tls.get((host, port, route)))
             self.listeners.append(Listener(host, bound))
+        if self.metrics.shared:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_metrics())
         log.info(
             "listening",
             pid=os.getpid(),
@@ -191,38 +199,14 @@ class ProxyServer:
     async def _serve(
         self, sock: Any, door: Door, ca: LocalCA | None, tls: RotatingContext | None
     ) -> None:
-        settings: dict[str, Any] = {
-            "auto_decompress": False,  # bodies pass through exactly as sent
-            "max_field_size": MAX_FIELD_SIZE,
-            "max_line_size": MAX_LINE_SIZE,
-            "access_log": None,
-            # A client that hangs up cancels its request, so the upstream exchange (or the
-            # wait for it) is given up at once instead of run to the end.
-            "handler_cancellation": True,
-            "keepalive_timeout": KEEPALIVE_TIMEOUT,
-            "header_timeout": self.header_timeout,
-            # aiohttp's own debug records (a client's premature disconnect, ...) at log
-            # level debug, through the same pipeline as ours (``ops.logs``).
-            "debug": self.config.log.level == "debug",
-        }
+        settings = http_settings(self.header_timeout, self.config.log.level == "debug")
         handler = self.pipeline.handler(door)
         server = (
             ForwardProxyServer(handler, app=self.state, ca=ca, **settings)
             if door.forward_proxy and ca is not None
             else ProxyHttpServer(handler, **settings)
         )
-        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=STRAGGLER_GRACE)
-        await runner.setup()
-        # Served without aiohttp's SockSite, which cannot bound the TLS handshake: it
-        # comes before the request head, and is held to the same bound.
-        listening = await asyncio.get_running_loop().create_server(
-            server,
-            sock=sock,
-            ssl=tls,
-            ssl_handshake_timeout=None if tls is None else self.header_timeout,
-            backlog=BACKLOG,
-        )
-        self._runners.append((listening, runner))
+        self._sites.append(await open_site(server, sock, tls, self.header_timeout))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -363,10 +347,11 @@ class ProxyServer:
         log.info("draining", inflight=state.inflight, timeout=timeout)
         if not await state.drained(timeout):
             log.warning("drain_timeout", inflight=state.inflight)
-        for listening, runner in self._runners:
-            listening.close()
-            await runner.cleanup()  # closes connections, cancels stragglers
-        self._runners.clear()
+        for site in self._sites:
+            await site.close()
+        self._sites.clear()
+        if self._publisher is not None:
+            self._publisher.cancel()
         await self.logout_all()
         await self.stores.close()
         await self.outbound.close()

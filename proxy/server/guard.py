@@ -9,6 +9,8 @@
   without that list, any certificate the listener's ``client_ca`` signed, named by its
   CN). The answer is the ``Client``, whose scope the pipeline checks once the route is
   known (``server.clients``).
+  A scrape of ``/-/metrics`` may send ``Authorization: Bearer <token>`` instead, which
+  is what Prometheus sends; nowhere else, where ``Authorization`` is the vendor's header.
 - DNS-rebinding defence: on a loopback listener, the ``Host`` header must be a loopback
   name/address or a host a route matches; a web page that rebinds its own name to
   127.0.0.1 is refused.
@@ -50,6 +52,7 @@ _STATE_CHANGE_HEADER = istr("X-Auth-Proxy")
 _ECHO_METHODS = frozenset({"TRACE", "TRACK"})
 # Probes must work without credentials (container health checks, load balancers).
 OPEN_ADMIN_PATHS = frozenset({"/-/healthz", "/-/readyz"})
+SCRAPE_PATH = "/-/metrics"
 
 
 def check_state_change(request: web.BaseRequest) -> None:
@@ -141,10 +144,15 @@ class Guard:
             return
         raise Forbidden(f"Host {host!r} is not served here (DNS-rebinding protection)")
 
-    def check_client(self, request: web.BaseRequest, *, basic: bool = False) -> Client | None:
+    def check_client(
+        self, request: web.BaseRequest, *, basic: bool = False, scrape: bool = False
+    ) -> Client | None:
         """Who sent the request (None without client authentication); 401 if nobody we
-        know. A ``Proxy-Authorization`` header wins over a client certificate."""
+        know. A ``Proxy-Authorization`` header wins over a client certificate.
+        ``scrape``: a scrape of ``/-/metrics``, which may use ``Authorization``."""
         header = request.headers.get("Proxy-Authorization")
+        if scrape and header is None:
+            header = request.headers.get("Authorization")
         if header is None and (subject := peer_subject(request)) is not None:
             return self._certificate_client(subject)
         if self._clients is None:

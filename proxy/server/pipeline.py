@@ -26,7 +26,7 @@ from proxy.server import cors, emulation
 from proxy.server.admin import Admin
 from proxy.server.clients import Client
 from proxy.server.connect import Target, route_for, target_of
-from proxy.server.guard import OPEN_ADMIN_PATHS
+from proxy.server.guard import OPEN_ADMIN_PATHS, SCRAPE_PATH
 from proxy.server.responses import error_response
 from proxy.server.runtime import Runtime
 from proxy.server.state import ServerState
@@ -39,8 +39,6 @@ log = structlog.get_logger("auth_proxy")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # Logged once, by the session manager, where they happen.
 _LOGIN_OUTCOMES = frozenset({"login_rejected", "login_failed", "login_backoff"})
-# Prometheus scrapes every few seconds: answered scrapes are not access-logged.
-_SCRAPE = "/-/metrics"
 # The audit log records every request but these reads, and every refusal.
 _READS = frozenset({"GET", "HEAD"})
 _DENIALS = frozenset({"client_unauthorized", "forbidden", "rate_limited", "method_not_allowed"})
@@ -164,7 +162,7 @@ class Pipeline:
         if target is None:
             if door.loopback:
                 guard.check_host(host, runtime.router)
-            client = guard.check_client(request)
+            client = guard.check_client(request, scrape=ex.path == SCRAPE_PATH)
         elif target.tunnel:  # the credentials came on the CONNECT
             client = guard.check_credentials(target.authorization, basic=True)
         else:
@@ -181,6 +179,7 @@ class Pipeline:
             raise
 
     def _refuse(self, ex: Exchange, exc: ProxyError) -> web.Response:
+        ex.error_code = exc.code
         if ex.route is not None:
             exc.for_route(ex.route.name)
         ex.error_code = exc.code
@@ -198,8 +197,10 @@ class Pipeline:
         traffic, and answered metrics scrapes are not access-logged)."""
         admin = ex.route is None and ex.path.startswith("/-/")
         if not admin:
-            self.state.metrics.request(ex.route_name, ex.status, elapsed, ex.replayed)
-        if runtime.config.log.access and not (admin and ex.path == _SCRAPE and ex.status < 400):
+            self.state.metrics.request(
+                ex.route_name, ex.status, elapsed, ex.replayed, ex.error_code
+            )
+        if runtime.config.log.access and not (admin and ex.path == SCRAPE_PATH and ex.status < 400):
             ACCESS_LOG.write(ex, elapsed)
         audit = self.state.audit
         if audit is not None and (ex.method not in _READS or ex.error_code in _DENIALS):

@@ -90,11 +90,19 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, config: Config, target: WorkerTarget, read: Callable[[], Config]) -> None:
-        """``read``: the config file, read and validated (raises ``ConfigError``)."""
+    def __init__(
+        self,
+        config: Config,
+        target: WorkerTarget,
+        read: Callable[[], Config],
+        on_exit: Callable[[int], None] = lambda pid: None,
+    ) -> None:
+        """``read``: the config file, read and validated (raises ``ConfigError``);
+        ``on_exit``: called with the pid of a worker that ended."""
         self.startup = self.config = config
         self.target = target
         self.read = read
+        self.on_exit = on_exit
         self.stopping = False
         self.workers = [Worker(i) for i in range(config.workers)]
         self.ports: dict[tuple[str, int], int] = {}
@@ -247,6 +255,7 @@ class Supervisor:
                 return
             worker = next((w for w in self.workers if w.pid == pid), None)
             if worker is not None:
+                self.on_exit(pid)
                 self._died(worker, os.waitstatus_to_exitcode(status))
 
     def _died(self, worker: Worker, code: int) -> None:

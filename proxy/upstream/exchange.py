@@ -35,7 +35,7 @@ class Exchange:
     rest: str = ""  # the path after the prefix
     cors_origin: str | None = None  # an allowed browser origin: every answer names it
     status: int = 500
-    error_code: str | None = None  # the ProxyError's code, when the proxy refused
+    error_code: str | None = None  # the proxy's own error code, when it made the answer
     upstream_seconds: float = 0.0
     upstream_status: int | None = None  # of the last upstream answer, if any
     replayed: bool = False
