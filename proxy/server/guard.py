@@ -71,8 +71,9 @@ class Guard:
             [(await source.resolve()).encode() for source in config.client_auth.tokens]
         )
 
-    def check_origin(self, headers: CIMultiDictProxy[str]) -> str | None:
-        """The request's allowed browser origin; None when no browser marked it.
+    def check_origin(self, headers: CIMultiDictProxy[str], own: str | None = None) -> str | None:
+        """The request's allowed browser origin; None when no browser marked it, or when
+        a page of the proxy's own origin ``own`` sent it (the status page).
 
         Browsers send ``Origin`` on cross-origin and non-GET requests and
         ``Sec-Fetch-Site`` on all of them; a page cannot forge either.
@@ -81,6 +82,8 @@ class Guard:
         if origin is not None:
             if origin in self._origins:
                 return origin
+            if origin == own:
+                return None
             if origin == "null":
                 raise Forbidden(
                     "a browser page with an opaque origin (Origin: null: a sandboxed frame "

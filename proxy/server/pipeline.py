@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from proxy.core.errors import ClientAborted, Draining, NoRoute, ProxyError
-from proxy.core.hosts import host_without_port
+from proxy.core.hosts import host_without_port, loopback_host
 from proxy.ops.logs import ACCESS_LOG
 from proxy.server import cors, emulation
 from proxy.server.admin import Admin
@@ -121,7 +121,13 @@ class Pipeline:
 
     def _browser(self, ex: Exchange) -> web.Response | None:
         """Refuse cross-site requests; answer an allowed origin's preflight (or None)."""
-        origin = self.state.guard.check_origin(ex.request.headers)
+        request = ex.request
+        # The page's own origin, e.g. the status page's clear button: only on a loopback
+        # Host, which a page that rebinds its own name to 127.0.0.1 cannot send.
+        own = None
+        if ex.origin is None and loopback_host(host_without_port(request.host)):
+            own = f"{request.scheme}://{request.host}"
+        origin = self.state.guard.check_origin(request.headers, own)
         if origin is None:
             return None
         ex.cors_origin = origin
@@ -142,6 +148,7 @@ class Pipeline:
         guard.check_client(request)
 
     def _refuse(self, ex: Exchange, exc: ProxyError) -> web.Response:
+        ex.error_code = exc.code
         if ex.route is not None:
             exc.for_route(ex.route.name)
         if isinstance(exc, ClientAborted):
@@ -155,8 +162,18 @@ class Pipeline:
 
     def _record(self, ex: Exchange, runtime: Runtime, elapsed: float) -> None:
         """The request's access line and metrics (scrapes of ``/-/`` are not traffic)."""
-        if ex.route is not None or not ex.path.startswith("/-/"):
+        route = ex.route
+        if route is not None or not ex.path.startswith("/-/"):
             self.state.metrics.request(ex.route_name, ex.status, elapsed, ex.replayed)
+        if route is not None:  # for the status page
+            self.state.traffic.request(
+                self.state.clock.now(),
+                route.name,
+                ex.status,
+                ex.error_code,
+                ex.replayed,
+                ex.throttled,
+            )
         if runtime.config.log.access:
             ACCESS_LOG.write(
                 ex.route_name,

@@ -35,6 +35,8 @@ class Exchange:
     status: int = 500
     upstream_seconds: float = 0.0
     replayed: bool = False
+    throttled: int = 0  # throttled answers the vendor gave (429, 503 with Retry-After)
+    error_code: str | None = None  # the proxy's error code when it refused the request
     responding: bool = False  # the answer's headers went to the client
 
     @property
