@@ -33,6 +33,7 @@ def open_chromium(width: int = 1280, height: int = 900) -> webdriver.Chrome:
     options.add_argument("--no-proxy-server")  # the proxy under test is on loopback
     options.add_argument("--disable-dev-shm-usage")
     options.add_argument("--disable-gpu")
+    options.add_argument("--hide-scrollbars")
     if os.geteuid() == 0:  # containers and CI run as root, where the sandbox cannot start
         options.add_argument("--no-sandbox")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

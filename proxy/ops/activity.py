@@ -29,6 +29,10 @@ class MinuteCounts:
         self._minute = -1
         self._current: dict[str, int] = {}
 
+    def __len__(self) -> int:
+        """The minutes kept (at most ``minutes``)."""
+        return len(self._buckets)
+
     def add(self, now: float, label: str) -> None:
         """One more ``label`` at ``now``: on the request path, so a few operations."""
         minute = int(now // MINUTE)

@@ -148,8 +148,8 @@ def _card(route: dict[str, Any], can_clear: bool) -> str:
     name = html.escape(route["name"])
     button = ""
     if can_clear:
-        disabled = "" if route["clearable"] else " disabled"
-        button = f'<button type="button" data-clear="{name}"{disabled}>Clear lockout</button>'
+        hidden = "" if route["clearable"] else " hidden"
+        button = f'<button type="button" data-clear="{name}"{hidden}>Clear lockout</button>'
     return CARD.substitute(
         esc,
         name=name,

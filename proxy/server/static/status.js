@@ -32,7 +32,10 @@
     const state = card.querySelector(".state");
     state.className = "state s-" + route.state;
     const button = card.querySelector("button[data-clear]");
-    if (button) button.disabled = !route.clearable;
+    if (button) {
+      button.hidden = !route.clearable;
+      button.disabled = false;
+    }
   }
 
   async function refresh() {
