@@ -227,6 +227,12 @@ async def test_clear_from_another_site_is_refused_and_from_the_page_accepted(
     )
     assert accepted.status == 200 and accepted.body["lockout"] is True
     assert card_of(await status_json(http, server), "wrong")["state"] == "none"
+    # Only the proxy's own endpoints: a vendor page served through a route has the same
+    # origin, and still needs allowed_origins to send more than a GET.
+    routed = await fetch(
+        http, "POST", base(server, "/iics" + AGENTS), headers={"Origin": own, "X-Auth-Proxy": "1"}
+    )
+    assert routed.status == 403 and routed.body["error"]["code"] == "forbidden"
 
 
 async def status_json(http: aiohttp.ClientSession, server: ProxyServer) -> dict[str, Any]:

@@ -10,8 +10,8 @@
 - Cross-site defence: a web page can make the browser send requests to 127.0.0.1.
   A request the browser marks as coming from another site (an ``Origin`` not in
   ``allowed_origins``, or ``Sec-Fetch-Site: cross-site``/``same-site`` without one) is
-  refused; clients that are not browsers send neither header. A page of the proxy's own
-  origin on a loopback ``Host`` (the status page) is not another site. State-changing
+  refused; clients that are not browsers send neither header. The proxy's own origin
+  on a loopback ``Host`` calling ``/-/`` (the status page) is not another site. State-changing
   admin endpoints also need a request that no HTML form can send (``check_state_change``).
 - Request targets that are not a plain origin-form path (absolute-form, ``CONNECT``,
   ``*``) and paths with broken percent-encoding are refused before any routing, and so

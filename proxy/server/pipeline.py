@@ -122,10 +122,16 @@ class Pipeline:
     def _browser(self, ex: Exchange) -> web.Response | None:
         """Refuse cross-site requests; answer an allowed origin's preflight (or None)."""
         request = ex.request
-        # The page's own origin, e.g. the status page's clear button: only on a loopback
-        # Host, which a page that rebinds its own name to 127.0.0.1 cannot send.
+        # The proxy's own pages (the status page's clear button) call its admin endpoints
+        # from its own origin: accepted on a loopback Host, which a page that rebinds its
+        # name to 127.0.0.1 cannot send. Routed paths keep the rule: a vendor's page served
+        # through the proxy shares that origin, and is allowed only if listed.
         own = None
-        if ex.origin is None and loopback_host(host_without_port(request.host)):
+        if (
+            ex.origin is None
+            and ex.path.startswith("/-/")
+            and loopback_host(host_without_port(request.host))
+        ):
             own = f"{request.scheme}://{request.host}"
         origin = self.state.guard.check_origin(request.headers, own)
         if origin is None:
