@@ -1,9 +1,10 @@
 """Admin endpoints under the reserved ``/-/`` prefix (README, "Endpoints").
 
-``/-/healthz``, ``/-/readyz``, ``/-/metrics`` and ``/-/sessions`` are read-only and never
-show a secret. ``POST /-/reload``, ``POST /-/sessions/<route>/clear`` and
-``POST /-/sessions/<route>/logout`` change state, so only loopback clients may call them,
-with a request no HTML form can send (``guard.check_state_change``).
+``/-/healthz``, ``/-/readyz``, ``/-/metrics``, ``/-/sessions`` and the status page (``/-/``,
+with ``/-/status.json``) are read-only and never show a secret. ``POST /-/reload``,
+``POST /-/sessions/<route>/clear`` and ``POST /-/sessions/<route>/logout`` change state, so
+only loopback clients may call them, with a request no HTML form can send
+(``guard.check_state_change``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from proxy.core.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
 from proxy.core.hosts import is_loopback
 from proxy.ops.logs import REDACTOR
 from proxy.ops.metrics import CONTENT_TYPE
+from proxy.server import status_page
 from proxy.server.guard import check_state_change
 from proxy.server.responses import error_response
 from proxy.server.state import ServerState
+from proxy.server.status import status_view
 from proxy.upstream.route import RouteRuntime
 
 
@@ -35,6 +38,8 @@ def _iso(ts: float | None) -> str | None:
 
 
 SESSIONS = "/-/sessions/"
+STATUS = "/-/"
+STATUS_PATHS = frozenset({STATUS, "/-/status.json", *status_page.ASSETS})
 CLEAR = "/clear"
 LOGOUT = "/logout"
 # /-/sessions asks the store who holds each login lease; an unreachable store answers
@@ -67,6 +72,8 @@ class Admin:
             return _json({"status": "ready"})
         if path == "/-/sessions":
             return _json(await self.sessions())
+        if path in STATUS_PATHS:
+            return self.status(request, path)
         if path == "/-/metrics":
             return web.Response(
                 body=self.state.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
@@ -78,6 +85,20 @@ class Admin:
         if path.startswith(SESSIONS) and path.endswith(LOGOUT):
             return await self.logout(request, path[len(SESSIONS) : -len(LOGOUT)])
         return error_response(NoRoute(f"no admin endpoint {path}"))
+
+    def status(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        """The status page, its script and style, and its data (README, "Status page")."""
+        if request.method not in ("GET", "HEAD"):
+            response = error_response(MethodNotAllowed("the status page is read with GET"))
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        found = status_page.asset(path)
+        if found is not None:
+            return found
+        # The clear buttons only where clearing is accepted (see ``_state_change``).
+        view = status_view(self.state, can_clear=is_loopback(request.remote or ""))
+        view = status_page.with_texts(view)
+        return status_page.page(view) if path == STATUS else status_page.data(view)
 
     async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != "POST":

@@ -17,8 +17,9 @@
 - Cross-site defence: a web page can make the browser send requests to 127.0.0.1.
   A request the browser marks as coming from another site (an ``Origin`` not in
   ``allowed_origins``, or ``Sec-Fetch-Site: cross-site``/``same-site`` without one) is
-  refused; clients that are not browsers send neither header. State-changing admin
-  endpoints also need a request that no HTML form can send (``check_state_change``).
+  refused; clients that are not browsers send neither header. The proxy's own origin
+  on a loopback ``Host`` calling ``/-/`` (the status page) is not another site. State-changing
+  admin endpoints also need a request that no HTML form can send (``check_state_change``).
 - Request targets that are not a plain origin-form path (absolute-form, ``CONNECT``,
   ``*``) and paths with broken percent-encoding are refused before any routing, and so
   are ``TRACE``/``TRACK``, which would echo the injected session back.
@@ -100,8 +101,9 @@ class Guard:
             self._clock.now(),
         )
 
-    def check_origin(self, headers: CIMultiDictProxy[str]) -> str | None:
-        """The request's allowed browser origin; None when no browser marked it.
+    def check_origin(self, headers: CIMultiDictProxy[str], own: str | None = None) -> str | None:
+        """The request's allowed browser origin; None when no browser marked it, or when
+        a page of the proxy's own origin ``own`` sent it (the status page).
 
         Browsers send ``Origin`` on cross-origin and non-GET requests and
         ``Sec-Fetch-Site`` on all of them; a page cannot forge either.
@@ -110,6 +112,8 @@ class Guard:
         if origin is not None:
             if origin in self._origins:
                 return origin
+            if origin == own:
+                return None
             if origin == "null":
                 raise Forbidden(
                     "a browser page with an opaque origin (Origin: null: a sandboxed frame "

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from proxy.core.errors import ClientAborted, Draining, NoRoute, ProxyError, RateLimited
-from proxy.core.hosts import host_without_port
+from proxy.core.hosts import host_without_port, loopback_host
 from proxy.ops.logs import ACCESS_LOG, REDACTOR, REQUEST_ID
 from proxy.server import cors, emulation
 from proxy.server.admin import Admin
@@ -146,7 +146,19 @@ class Pipeline:
 
     def _browser(self, ex: Exchange) -> web.Response | None:
         """Refuse cross-site requests; answer an allowed origin's preflight (or None)."""
-        origin = self.state.guard.check_origin(ex.request.headers)
+        request = ex.request
+        # The proxy's own pages (the status page's clear button) call its admin endpoints
+        # from its own origin: accepted on a loopback Host, which a page that rebinds its
+        # name to 127.0.0.1 cannot send. Routed paths keep the rule: a vendor's page served
+        # through the proxy shares that origin, and is allowed only if listed.
+        own = None
+        if (
+            ex.origin is None
+            and ex.path.startswith("/-/")
+            and loopback_host(host_without_port(request.host))
+        ):
+            own = f"{request.scheme}://{request.host}"
+        origin = self.state.guard.check_origin(request.headers, own)
         if origin is None:
             return None
         ex.cors_origin = origin
@@ -182,7 +194,6 @@ class Pipeline:
         ex.error_code = exc.code
         if ex.route is not None:
             exc.for_route(ex.route.name)
-        ex.error_code = exc.code
         if isinstance(exc, ClientAborted):
             _client_aborted(ex.route_name, exc.phase)
         elif exc.code not in _LOGIN_OUTCOMES:
@@ -193,12 +204,23 @@ class Pipeline:
         return answer
 
     def _record(self, ex: Exchange, runtime: Runtime, elapsed: float) -> None:
-        """The request's access line, audit line and metrics (calls of ``/-/`` are not
-        traffic, and answered metrics scrapes are not access-logged)."""
-        admin = ex.route is None and ex.path.startswith("/-/")
+        """The request's access line, audit line, metrics and the status page's counts
+        (calls of ``/-/`` are not traffic, and answered metrics scrapes are not
+        access-logged)."""
+        route = ex.route
+        admin = route is None and ex.path.startswith("/-/")
         if not admin:
             self.state.metrics.request(
                 ex.route_name, ex.status, elapsed, ex.replayed, ex.error_code
+            )
+        if route is not None:
+            self.state.traffic.request(
+                self.state.clock.now(),
+                route.name,
+                ex.status,
+                ex.error_code,
+                ex.replayed,
+                ex.throttled,
             )
         if runtime.config.log.access and not (admin and ex.path == SCRAPE_PATH and ex.status < 400):
             ACCESS_LOG.write(ex, elapsed)

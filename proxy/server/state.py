@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from proxy.config import Config
 from proxy.core.clock import Clock
+from proxy.ops.activity import Traffic
 from proxy.ops.audit import AuditLog
 from proxy.ops.metrics import Metrics
 from proxy.server.guard import Guard
@@ -49,6 +50,7 @@ class ServerState:
     def __init__(self, runtime: Runtime, metrics: Metrics, guard: Guard, clock: Clock) -> None:
         self.runtime = runtime
         self.metrics = metrics
+        self.traffic = Traffic()  # the routes' recent requests, for the status page
         self.guard = guard
         self.clock = clock
         self.audit: AuditLog | None = None  # log.audit, opened when the server starts

@@ -21,6 +21,7 @@ import structlog
 
 from proxy.core.clock import Clock
 from proxy.flows.base import Flow, Session
+from proxy.ops.activity import LoginHistory
 from proxy.ops.logs import REDACTOR, Registration
 from proxy.sessions.credentials import by_command, store_key
 from proxy.sessions.lease import Idle, Lease, Observer, Register, Unobserved, session_end, source_of
@@ -65,6 +66,7 @@ class SessionCore:
         self._idle_timeout = idle_timeout
         self._idle_source = idle_timeout_source  # config, or default: the vendor may say
         self._logins = LoginLog(route)  # this process's logins only
+        self.attempts = LoginHistory()  # this process's attempts, for the status page
         self._margin = refresh_margin
         self._retry_after = login_retry_after
         self._register = on_secret

@@ -104,6 +104,7 @@ class SessionStatus:
     logged_in_at: float | None = None
     expires_at: float | None = None
     last_error: str | None = None
+    retry_at: float | None = None  # when a rejection (else a backoff) in force ends
     org: str | None = None
     upstream: str | None = None
     idle_timeout: float | None = None

@@ -70,6 +70,7 @@ class Login(Verdicts):
         self.last_error = None
         elapsed = time.perf_counter() - started
         self._observer.login(self.route, "ok", elapsed)
+        self.attempts.record(self._clock.now(), "renewed" if renewing else "ok", elapsed)
         log.info(
             "session_renewed" if renewing else "login_ok",
             route=self.route,

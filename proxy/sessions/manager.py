@@ -207,18 +207,21 @@ class RouteSessions(StoreFlight, Syncing, Ending):
     def status(self) -> SessionStatus:
         now = self._clock.now()
         lease = self._lease
+        rejected = self._verdict_seen(self._rejections, now)
+        backoff = self._verdict_seen(self._backoffs, now)
         if self._task is not None and lease is None:
             state = "logging_in"
         elif lease is not None and lease.expires_at() > now:
             state = "active"
-        elif self._verdict_seen(self._rejections, now):
+        elif rejected is not None:
             state = "rejected"
-        elif self._verdict_seen(self._backoffs, now):
+        elif backoff is not None:
             state = "backoff"
         else:
             state = "none"
         st = SessionStatus(
             state=state,
+            retry_at=rejected if rejected is not None else backoff,
             last_error=self.last_error,
             idle_timeout=self._idle_timeout,
             idle_timeout_source=self._idle_source,

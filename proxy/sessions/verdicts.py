@@ -96,12 +96,13 @@ class Verdicts(SessionCore):
         backoff = self._backoffs.get(key)
         return backoff if backoff is not None and backoff.active(now) else None
 
-    def _verdict_seen(self, seen: Mapping[Any, Verdict], now: float) -> bool:
-        """A verdict in force for the current credentials (any, when not read yet)."""
+    def _verdict_seen(self, seen: Mapping[Any, Verdict], now: float) -> float | None:
+        """When a verdict in force for the current credentials (any, when not read yet)
+        ends; None when there is none."""
         if self._key is not None:
             verdict = seen.get(self._key)
-            return verdict is not None and verdict.active(now)
-        return any(v.active(now) for v in seen.values())
+            return verdict.until if verdict is not None and verdict.active(now) else None
+        return max((v.until for v in seen.values() if v.active(now)), default=None)
 
     def _refusal(self, key: str | None, verdict: Verdict) -> ProxyError:
         """The error for a verdict in force, remembered by this process."""
@@ -121,7 +122,9 @@ class Verdicts(SessionCore):
         until = self._clock.now() + self._retry_after
         self._rejections[key] = Rejection(until, exc.message, key)
         self.last_error = exc.message
-        self._observer.login(self.route, "rejected", time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._observer.login(self.route, "rejected", elapsed)
+        self.attempts.record(self._clock.now(), "rejected", elapsed, exc.code)
         log.warning(
             "login_rejected", route=self.route, reason=exc.message, retry_after=self._retry_after
         )
@@ -138,7 +141,9 @@ class Verdicts(SessionCore):
         until = self._clock.now() + step
         self._backoffs[key] = Backoff(until, step, exc.message)
         self.last_error = exc.message
-        self._observer.login(self.route, exc.code, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._observer.login(self.route, exc.code, elapsed)
+        self.attempts.record(self._clock.now(), "failed", elapsed, exc.code)
         log.warning(
             "login_failed", route=self.route, code=exc.code, reason=exc.message, backoff=step
         )

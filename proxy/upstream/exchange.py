@@ -39,6 +39,7 @@ class Exchange:
     upstream_seconds: float = 0.0
     upstream_status: int | None = None  # of the last upstream answer, if any
     replayed: bool = False
+    throttled: int = 0  # throttled answers the vendor gave (429, 503 with Retry-After)
     responding: bool = False  # the answer's headers went to the client
     bytes_out: int = 0  # body bytes of the answer
 

@@ -99,6 +99,7 @@ async def _wait_out_throttling(
     while upstream.status in THROTTLED:
         wait = budget.next_wait(upstream.status, upstream.headers)
         route.events.throttled(route.name, retried=wait is not None)
+        ex.throttled += 1
         if wait is None:
             break
         upstream.release()
