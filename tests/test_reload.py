@@ -213,6 +213,41 @@ async def test_reload_is_refused_to_non_loopback_clients_and_needs_post(
     assert (await post_reload(http, server))[0] == 200
 
 
+async def test_a_client_with_admin_rights_may_reload_from_anywhere(
+    sandbox: Sandbox, file_proxy: FileProxy, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """README, "Shared gateway": an operator on another machine authenticates as a
+    client_auth client with admin rights; other clients stay refused."""
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    path = tmp_path / "config.yaml"
+    clients = {
+        "tokens": [
+            {"name": "oncall", "token": "oncall-token-1", "admin": True},
+            {"name": "reader", "token": "reader-token-1"},
+        ]
+    }
+    write_config(
+        path, [iics_route(sandbox)], listen={"host": "0.0.0.0", "port": 0}, client_auth=clients
+    )
+    server = await file_proxy(path)
+    url = f"http://{address}:{server.port}/-/reload"
+
+    async def reload_as(token: str) -> tuple[int, str]:
+        headers = {"Proxy-Authorization": f"Bearer {token}", "X-Auth-Proxy": "1"}
+        async with http.post(url, headers=headers) as resp:
+            return resp.status, (await resp.json()).get("status") or (await resp.json())["error"][
+                "message"
+            ]
+
+    assert await reload_as("oncall-token-1") == (200, "reloaded")
+    assert await reload_as("reader-token-1") == (
+        403,
+        'client "reader" may not use the admin endpoints',
+    )
+
+
 # ---------------------------------------------------------------- a real process
 
 

@@ -3,7 +3,8 @@
 ``/-/healthz``, ``/-/readyz``, ``/-/metrics``, ``/-/sessions`` and the status page (``/-/``,
 with ``/-/status.json``) are read-only and never show a secret. ``POST /-/reload``,
 ``POST /-/sessions/<route>/clear`` and ``POST /-/sessions/<route>/logout`` change state, so
-only loopback clients may call them, with a request no HTML form can send
+only operators may call them: loopback clients, or clients that ``client_auth`` names
+with admin rights; always with a request no HTML form can send
 (``guard.check_state_change``).
 """
 
@@ -53,6 +54,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
+_OPERATORS = (
+    "is only accepted from a loopback address, or from a client_auth client with admin rights"
+)
+
+
 def _post_only(message: str) -> web.Response:
     response = error_response(MethodNotAllowed(message))
     response.headers["Allow"] = "POST"
@@ -63,7 +69,12 @@ class Admin:
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
-    async def handle(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+    async def handle(
+        self, request: web.BaseRequest, path: str, *, admin_client: bool = False
+    ) -> web.StreamResponse:
+        """``admin_client``: the request came from a client that ``client_auth``
+        authenticated and that may use the admin endpoints (an operator, wherever it is)."""
+        operator = admin_client or is_loopback(request.remote or "")
         if path == "/-/healthz":
             return _json({"status": "ok"})
         if path == "/-/readyz":
@@ -73,20 +84,20 @@ class Admin:
         if path == "/-/sessions":
             return _json(await self.sessions())
         if path in STATUS_PATHS:
-            return self.status(request, path)
+            return self.status(request, path, operator)
         if path == "/-/metrics":
             return web.Response(
                 body=self.state.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
             )
         if path == "/-/reload":
-            return await self.reload(request)
+            return await self.reload(request, operator)
         if path.startswith(SESSIONS) and path.endswith(CLEAR):
-            return await self.clear(request, path[len(SESSIONS) : -len(CLEAR)])
+            return await self.clear(request, path[len(SESSIONS) : -len(CLEAR)], operator)
         if path.startswith(SESSIONS) and path.endswith(LOGOUT):
-            return await self.logout(request, path[len(SESSIONS) : -len(LOGOUT)])
+            return await self.logout(request, path[len(SESSIONS) : -len(LOGOUT)], operator)
         return error_response(NoRoute(f"no admin endpoint {path}"))
 
-    def status(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+    def status(self, request: web.BaseRequest, path: str, operator: bool) -> web.StreamResponse:
         """The status page, its script and style, and its data (README, "Status page")."""
         if request.method not in ("GET", "HEAD"):
             response = error_response(MethodNotAllowed("the status page is read with GET"))
@@ -96,15 +107,15 @@ class Admin:
         if found is not None:
             return found
         # The clear buttons only where clearing is accepted (see ``_state_change``).
-        view = status_view(self.state, can_clear=is_loopback(request.remote or ""))
+        view = status_view(self.state, can_clear=operator)
         view = status_page.with_texts(view)
         return status_page.page(view) if path == STATUS else status_page.data(view)
 
-    async def reload(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def reload(self, request: web.BaseRequest, operator: bool) -> web.StreamResponse:
         if request.method != "POST":
             return _post_only("use POST to reload the config")
-        if not is_loopback(request.remote or ""):
-            return error_response(Forbidden("reload is only accepted from a loopback address"))
+        if not operator:
+            return error_response(Forbidden(f"reload {_OPERATORS}"))
         check_state_change(request)  # raises; rendered by the request handler
         # Shielded: a client hanging up cancels its handler, and must not stop a reload
         # half-way (client tokens loaded, config not swapped).
@@ -123,31 +134,35 @@ class Admin:
         )
 
     def _state_change(
-        self, request: web.BaseRequest, route: str, action: str, what: str
+        self, request: web.BaseRequest, route: str, action: str, what: str, operator: bool
     ) -> RouteRuntime | web.StreamResponse:
         """The route a state-changing call is for, or the answer refusing the call."""
         if request.method != "POST":
             return _post_only(f"use POST to {what}")
-        if not is_loopback(request.remote or ""):
-            return error_response(Forbidden(f"{action} is only accepted from a loopback address"))
+        if not operator:
+            return error_response(Forbidden(f"{action} {_OPERATORS}"))
         check_state_change(request)  # raises; rendered by the request handler
         rt = self.state.runtime.routes.get(route)
         if rt is None:
             return error_response(NoRoute(f"no route named {route!r}"))
         return rt
 
-    async def clear(self, request: web.BaseRequest, route: str) -> web.StreamResponse:
+    async def clear(
+        self, request: web.BaseRequest, route: str, operator: bool
+    ) -> web.StreamResponse:
         """Lift one route's login rejection (in every process sharing the store): the
         operator says "try again"."""
-        rt = self._state_change(request, route, "clear", "clear a lockout")
+        rt = self._state_change(request, route, "clear", "clear a lockout", operator)
         if not isinstance(rt, RouteRuntime):
             return rt
         lifted = await asyncio.shield(rt.sessions.clear_lockout())
         return _json({"status": "cleared", "route": route, "lockout": lifted})
 
-    async def logout(self, request: web.BaseRequest, route: str) -> web.StreamResponse:
+    async def logout(
+        self, request: web.BaseRequest, route: str, operator: bool
+    ) -> web.StreamResponse:
         """End one route's session at the vendor and remove it from the store."""
-        rt = self._state_change(request, route, "logout", "log a session out")
+        rt = self._state_change(request, route, "logout", "log a session out", operator)
         if not isinstance(rt, RouteRuntime):
             return rt
         had = await asyncio.shield(logout_route(self.state.runtime.routes.values(), rt))

@@ -122,7 +122,7 @@ class Pipeline:
             if client is not None:
                 client.check_admin()
                 self._check_rate(client)
-            return self.admin.handle(request, ex.path)
+            return self.admin.handle(request, ex.path, admin_client=client is not None)
         if self.state.draining:
             raise Draining("the proxy is shutting down")
         matched = (
