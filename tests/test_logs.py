@@ -195,13 +195,16 @@ async def test_level_warning_keeps_warnings_and_leaves_out_access_lines(
     assert [e["event"] for e in logs.events()] == ["request_failed"]
 
 
-async def test_probes_and_answered_scrapes_are_not_access_logged(
+async def test_probes_and_answered_polls_are_not_access_logged(
     make_proxy, upstream: Upstream, http: aiohttp.ClientSession, logs: LogCapture
 ) -> None:
+    """Prometheus scrapes and an open status page's refreshes are not access-logged; the
+    status page itself is, once per visit."""
     server = await make_proxy(routes=[upstream.route()])
-    for path in ("/-/healthz", "/-/readyz", "/-/metrics", "/-/sessions"):
+    polled = ("/-/healthz", "/-/readyz", "/-/metrics", "/-/status.json", "/-/status.js")
+    for path in (*polled, "/-/sessions", "/-/"):
         assert await status_of(http, base(server, path)) == 200
-    assert [e["path"] for e in logs.events("request")] == ["/-/sessions"]
+    assert [e["path"] for e in logs.events("request")] == ["/-/sessions", "/-/"]
 
 
 def test_records_of_the_logging_module_are_rendered_like_ours() -> None:

@@ -23,7 +23,7 @@ from proxy.core.errors import ClientAborted, Draining, NoRoute, ProxyError, Rate
 from proxy.core.hosts import host_without_port, loopback_host
 from proxy.ops.logs import ACCESS_LOG, REDACTOR, REQUEST_ID
 from proxy.server import cors, emulation
-from proxy.server.admin import Admin
+from proxy.server.admin import STATUS, STATUS_PATHS, Admin
 from proxy.server.clients import Client
 from proxy.server.connect import Target, route_for, target_of
 from proxy.server.guard import OPEN_ADMIN_PATHS, SCRAPE_PATH
@@ -40,6 +40,9 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # Logged once, by the session manager, where they happen.
 _LOGIN_OUTCOMES = frozenset({"login_rejected", "login_failed", "login_backoff"})
 # The audit log records every request but these reads, and every refusal.
+# Fetched every few seconds by Prometheus and by an open status page: answered, they are
+# not access-logged (README, "Logs"); the status page itself is, once per visit.
+_POLLED = frozenset({SCRAPE_PATH, *STATUS_PATHS} - {STATUS})
 _READS = frozenset({"GET", "HEAD"})
 _DENIALS = frozenset({"client_unauthorized", "forbidden", "rate_limited", "method_not_allowed"})
 
@@ -222,7 +225,7 @@ class Pipeline:
                 ex.replayed,
                 ex.throttled,
             )
-        if runtime.config.log.access and not (admin and ex.path == SCRAPE_PATH and ex.status < 400):
+        if runtime.config.log.access and not (admin and ex.path in _POLLED and ex.status < 400):
             ACCESS_LOG.write(ex, elapsed)
         audit = self.state.audit
         if audit is not None and (ex.method not in _READS or ex.error_code in _DENIALS):
