@@ -17,11 +17,11 @@ import asyncio
 import io
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from timing import per_call_us
 
 from proxy.config import parse_config
 from proxy.core.clock import ManualClock
@@ -39,17 +39,6 @@ EVENT: dict[str, Any] = {
     "url": "https://pod.example/saas/api/v2/agent?limit=10",
     "headers": {"Accept": "application/json", "icSessionId": "x", "User-Agent": "bench"},
 }
-
-
-def per_call_us(call: Callable[[], object], repeat: int) -> float:
-    """The best of five runs of ``repeat`` calls, in µs per call."""
-    runs = []
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(repeat):
-            call()
-        runs.append((time.perf_counter() - started) / repeat)
-    return min(runs) * 1e6
 
 
 def redactor_login_us(samples: int = 200) -> float:

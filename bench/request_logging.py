@@ -15,12 +15,11 @@ benchmark's noise.
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 from multidict import CIMultiDict
+from timing import per_call_us
 
 from proxy.ops.logs import REQUEST_ID, AccessLog, add_request_id, setup_logging
 from proxy.server.state import CLIENT_REQUEST_ID
@@ -48,16 +47,6 @@ class Finished:
 
 CLIENT_ID = "3f2b1c9e-8d7a-4e6f-9a1b-2c3d4e5f6a7b"
 PATH = "/iics/saas/api/v2/agent"
-
-
-def per_call_us(call: Callable[[], object], repeat: int = 200_000) -> float:
-    runs = []
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(repeat):
-            call()
-        runs.append((time.perf_counter() - started) / repeat)
-    return min(runs) * 1e6
 
 
 def main() -> None:

@@ -88,6 +88,12 @@ def ivanti_key_route(
     return {"name": name, "match": {"prefix": prefix}, "auth": auth, **route}
 
 
+def dead_route(port: int) -> dict[str, Any]:
+    """An api-key route ``/dead`` to a loopback port where nothing listens."""
+    auth = {"type": "ivanti-api-key", "url": f"http://127.0.0.1:{port}", "api_key": "k"}
+    return {"name": "dead", "match": {"prefix": "/dead"}, "auth": auth}
+
+
 def ivanti_session_route(
     sandbox: Sandbox, *, name: str = "ivanti", prefix: str = "/ivanti", **extra: Any
 ) -> dict[str, Any]:

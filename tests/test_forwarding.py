@@ -8,7 +8,7 @@ import hashlib
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import Upstream, base, iics_route
+from helpers import Upstream, base, dead_route, iics_route
 
 from proxy.sandbox import Sandbox, expected_sha256
 
@@ -233,15 +233,7 @@ async def test_chunked_upload_streams_intact(
 async def test_unreachable_upstream_is_502(
     make_proxy, http: aiohttp.ClientSession, unused_tcp_port: int
 ) -> None:
-    route = {
-        "name": "dead",
-        "match": {"prefix": "/dead"},
-        "auth": {
-            "type": "ivanti-api-key",
-            "url": f"http://127.0.0.1:{unused_tcp_port}",
-            "api_key": "k",
-        },
-    }
+    route = dead_route(unused_tcp_port)
     server = await make_proxy(routes=[route])
     async with http.get(base(server, "/dead/api/odata/x")) as resp:
         assert resp.status == 502

@@ -21,6 +21,7 @@ from helpers import (
     ServeRoutes,
     Upstream,
     base,
+    dead_route,
     fetch,
     iics_route,
     raw_exchange,
@@ -161,15 +162,7 @@ async def test_the_access_line_names_the_client_the_bytes_and_the_upstream_statu
 async def test_a_failing_requests_warning_and_access_line_share_its_id(
     make_proxy, http: aiohttp.ClientSession, logs: LogCapture, unused_tcp_port: int
 ) -> None:
-    dead = {
-        "name": "dead",
-        "match": {"prefix": "/dead"},
-        "auth": {
-            "type": "ivanti-api-key",
-            "url": f"http://127.0.0.1:{unused_tcp_port}",
-            "api_key": "k",
-        },
-    }
+    dead = dead_route(unused_tcp_port)
     server = await make_proxy(routes=[dead])
     for path, code in (("/dead/x", "upstream_unreachable"), ("/nowhere", "no_route")):
         answer = await fetch(http, "GET", base(server, path))
