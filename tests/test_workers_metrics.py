@@ -20,6 +20,7 @@ from helpers import (
     metric,
     outcome,
     scrape,
+    status_of,
     wait_for,
     wait_for_async,
 )
@@ -37,9 +38,14 @@ async def traffic(served: Served, count: int) -> None:
 
 
 async def scrape_new_connection(served: Served) -> Samples:
-    connector = aiohttp.TCPConnector(force_close=True)
+    """A scrape on a connection of its own (the kernel picks a worker for it), followed
+    on the same connection by a call of ``/-/sessions``, whose access line names the
+    worker (answered scrapes are not access-logged)."""
+    connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=connector) as http:
-        return await scrape(http, served.url("/-/metrics"))
+        samples = await scrape(http, served.url("/-/metrics"))
+        assert await status_of(http, served.url("/-/sessions")) == 200
+        return samples
 
 
 def answered(samples: Samples) -> float | None:
@@ -53,8 +59,8 @@ def cpu(samples: Samples) -> float:
 
 
 def scrapers(served: Served) -> set[int]:
-    """The workers that answered a scrape (access lines carry the worker)."""
-    return {e["worker"] for e in served.events() if e.get("path") == "/-/metrics"}
+    """The workers that answered a scrape (see ``scrape_new_connection``)."""
+    return {e["worker"] for e in served.events() if e.get("path") == "/-/sessions"}
 
 
 def run_dirs(state: Path) -> list[Path]:
