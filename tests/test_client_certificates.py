@@ -117,7 +117,7 @@ async def test_the_subject_picks_the_client_and_its_scope(ca: trustme.CA) -> Non
 
     async def handler(request: web.BaseRequest) -> dict[str, Any]:
         try:
-            client = guard.check_client(request)
+            client = guard.check_client(request, certified=True)
         except ProxyError as exc:
             return {"error": exc.code, "message": exc.message}
         assert client is not None

@@ -173,12 +173,13 @@ class ProxyServer:
         for host, port, route in first.listeners():
             sock = sockets.pop((host, port), None) or bind_socket(host, port, reuse_port=reuse)
             bound = sock.getsockname()[1]
+            context = tls.contexts.get((host, port, route))
             door = Door(
                 bound if route is None else port,
                 is_loopback(host),
                 route is None and ca is not None,
+                context is not None,
             )
-            context = tls.contexts.get((host, port, route))
             if context is not None:
                 self._tls[host, port, route] = rotating(context)
             await self._serve(sock, door, ca, self._tls.get((host, port, route)))

@@ -149,15 +149,22 @@ class Guard:
         raise Forbidden(f"Host {host!r} is not served here (DNS-rebinding protection)")
 
     def check_client(
-        self, request: web.BaseRequest, *, basic: bool = False, scrape: bool = False
+        self,
+        request: web.BaseRequest,
+        *,
+        basic: bool = False,
+        scrape: bool = False,
+        certified: bool = False,
     ) -> Client | None:
         """Who sent the request (None without client authentication); 401 if nobody we
         know. A ``Proxy-Authorization`` header wins over a client certificate.
-        ``scrape``: a scrape of ``/-/metrics``, which may use ``Authorization``."""
+        ``scrape``: a scrape of ``/-/metrics``, which may use ``Authorization``;
+        ``certified``: the request came over a TLS listener, where a client certificate
+        may have been verified (``client_ca``)."""
         header = request.headers.get("Proxy-Authorization")
         if scrape and header is None:
             header = request.headers.get("Authorization")
-        if header is None and (subject := peer_subject(request)) is not None:
+        if header is None and certified and (subject := peer_subject(request)) is not None:
             return self._certificate_client(subject)
         if self._clients is None:
             return None

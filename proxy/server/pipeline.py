@@ -54,6 +54,7 @@ class Door:
     port: int
     loopback: bool  # the Host check against DNS rebinding applies
     forward_proxy: bool  # CONNECT and absolute-form requests are accepted
+    tls: bool = False  # a client certificate may have been verified (with client_ca)
 
 
 class Pipeline:
@@ -177,7 +178,7 @@ class Pipeline:
         if target is None:
             if door.loopback:
                 guard.check_host(host, runtime.router)
-            client = guard.check_client(request, scrape=ex.path == SCRAPE_PATH)
+            client = guard.check_client(request, scrape=ex.path == SCRAPE_PATH, certified=door.tls)
         elif target.tunnel:  # the credentials came on the CONNECT
             client = guard.check_credentials(target.authorization, basic=True)
         else:
