@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -90,3 +91,20 @@ def install_uvloop() -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+# Allocations between two young-generation collections (CPython's default: 700). A
+# request allocates a few hundred objects that die with it; collecting less often, over
+# a heap whose start-up objects are frozen, costs less per request (README, "Performance").
+GC_YOUNG_THRESHOLD = 7000
+
+
+def settle_heap() -> None:
+    """Once the server listens: collect what start-up left behind, move the rest (modules,
+    config, routes) out of the collector's sight, and collect young objects less often.
+    The garbage collector then no longer walks the whole start-up heap at each full
+    collection; measured at about a tenth of a small request's CPU."""
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from proxy.cli.run import EXIT_OK, install_uvloop, on_stop_signals, run
+from proxy.cli.run import EXIT_OK, install_uvloop, on_stop_signals, run, settle_heap
 from proxy.config import Config, default_config_path
 from proxy.config import SessionStore as StoreSettings
 from proxy.config.load import load_config
@@ -99,6 +99,7 @@ async def serve(
         await link.start()
         server.state.reload = link.request_reload
     await server.start(sockets)
+    settle_heap()
     stop = asyncio.Event()
 
     def on_signal(sig: signal.Signals) -> None:
