@@ -119,3 +119,33 @@ async def test_one_worker_keeps_its_metrics_in_memory(
     assert run_dirs(state) == []
     served.proc.send_signal(signal.SIGTERM)
     await served.finish()
+
+
+async def test_restarted_workers_leave_no_files_behind_and_counts_stay(
+    sandbox: Sandbox, serve_routes: ServeRoutes, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    served = await serve_routes([iics_route(sandbox)], workers=2, state_dir=str(state))
+    [run_dir] = run_dirs(state)
+    metrics_dir = run_dir / "metrics"
+    await traffic(served, 6)
+    await scrape_new_connection(served)
+    at_start = len(list(metrics_dir.iterdir()))
+
+    rounds = 3  # both workers killed each round: restarts after 1, 2, 4 s
+    for done in range(1, rounds + 1):
+        pids = [e["pid"] for e in served.events() if e["event"] == "listening"][-2:]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        await wait_for(
+            lambda d=done: served.count("listening") == 2 + 2 * d,
+            timeout=15,
+            what=f"round {done} of replacements",
+        )
+        await traffic(served, 2)
+        assert answered(await scrape_new_connection(served)) == 6 + 2 * done
+
+    # Six dead workers: their counts are kept in a bounded number of files (one per kind).
+    assert len(list(metrics_dir.iterdir())) <= at_start + 3
+    served.proc.send_signal(signal.SIGTERM)
+    await served.finish()

@@ -4,8 +4,11 @@ Each worker keeps its values in files of its own in one directory, fresh for the
 (prometheus_client's multiprocess mode), and a scrape of any worker adds up every
 worker's files, so successive scrapes agree whichever worker answers:
 
-- counters and histograms are summed, a dead worker's files included, so a worker that
-  is killed and replaced never makes a counter go back;
+- counters and histograms are summed, a dead worker's included, so a worker that is
+  killed and replaced never makes a counter go back. The supervisor adds a dead worker's
+  values into one file per kind (``forget_process``), so the files, and the time of a
+  scrape, do not grow with restarts; a scrape waits for such a merge (a lock file) and
+  never sees a dead worker's values twice or not at all;
 - each gauge says how workers combine (``multiprocess_mode`` where it is declared); the
   ``live`` modes count only running workers: the supervisor drops a dead worker's
   (``forget_process``);
@@ -16,15 +19,22 @@ worker's files, so successive scrapes agree whichever worker answers:
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 PUBLISH_INTERVAL = 1.0  # seconds
 _MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_LOCK = "merge.lock"  # not a *.db: not read as metrics
+_SUMMED = ("counter", "histogram", "summary")  # the kinds whose values add up across workers
 
 
 def share_between_processes(directory: Path) -> None:
@@ -37,14 +47,47 @@ def share_between_processes(directory: Path) -> None:
     values.ValueClass = values.MultiProcessValue()
 
 
+@contextmanager
+def _locked(directory: Path, how: int) -> Iterator[None]:
+    with (directory / _LOCK).open("a") as lock:
+        fcntl.flock(lock, how)
+        yield
+
+
+class _FilesCollector(MultiProcessCollector):
+    def collect(self) -> Iterable[Metric]:
+        with _locked(Path(self._path), fcntl.LOCK_SH):
+            return list(super().collect())
+
+
 def files_collector(directory: Path) -> Collector:
     """What a scrape shows with workers: every worker's values, combined."""
-    return MultiProcessCollector(None, path=str(directory))
+    return _FilesCollector(None, path=str(directory))
 
 
 def forget_process(pid: int, directory: Path) -> None:
-    """A worker ended: its gauges of the ``live`` modes stop counting (its counters stay)."""
+    """A worker ended: its gauges of the ``live`` modes stop counting; its counters and
+    histograms are added into the dead workers' file of their kind."""
     mark_process_dead(pid, str(directory))
+    with _locked(directory, fcntl.LOCK_EX):
+        for kind in _SUMMED:
+            own = directory / f"{kind}_{pid}.db"
+            if not own.exists():
+                continue
+            _add_into(directory / f"{kind}_dead.db", own)
+            own.unlink()
+
+
+def _add_into(total: Path, part: Path) -> None:
+    """Add each value of the file ``part`` into the file ``total`` (made if need be)."""
+    dead, own = MmapedDict(str(total)), MmapedDict(str(part), read_mode=True)
+    try:
+        before = {key: value for key, value, _ in dead.read_all_values()}
+        for key, value, stamp in list(own.read_all_values()):
+            dead.write_value(key, before.get(key, 0.0) + value, stamp)
+    finally:
+        own.close()
+        dead.close()
 
 
 # Each process_* gauge: how a worker's combines with the others', and what it says.

@@ -38,7 +38,7 @@ from proxy.config import Config, ConfigError
 from proxy.core.errors import ProxyError
 from proxy.server.guard import Guard
 from proxy.server.listeners import Sockets, bind_listeners, bind_socket
-from proxy.server.workerlink import Frames, Reloaded, ReloadRequest, link_pair, send
+from proxy.server.workerlink import Frames, Outbox, Reloaded, ReloadRequest, link_pair
 
 log = structlog.get_logger("auth_proxy.workers")
 
@@ -84,6 +84,7 @@ class Worker:
     pid: int | None = None
     link: socket.socket | None = None  # the supervisor's end
     frames: Frames = field(default_factory=Frames)
+    outbox: Outbox = field(default_factory=Outbox)  # what it has not read yet
     started: float = 0.0  # time.monotonic() at its start
     restart_at: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
@@ -143,11 +144,14 @@ class Supervisor:
             if self.stopping and not any(w.pid for w in self.workers):
                 return self.worst
             self._restart_due()
-            for key, _events in self.selector.select(self._timeout()):
+            for key, events in self.selector.select(self._timeout()):
                 if key.fileobj is self._wake_r:
                     with contextlib.suppress(BlockingIOError):
                         self._wake_r.recv(4096)
-                else:
+                    continue
+                if events & selectors.EVENT_WRITE:
+                    self._flush(key.data)
+                if events & selectors.EVENT_READ:
                     self._read_link(key.data)
 
     def _timeout(self) -> float | None:
@@ -189,12 +193,24 @@ class Supervisor:
     def _send_all(self, message: Callable[[Worker], Reloaded]) -> None:
         for worker in self.workers:
             if worker.pid and worker.link is not None:
-                send(worker.link, message(worker))
+                worker.outbox.put(message(worker))
+                self._flush(worker)
+
+    def _flush(self, worker: Worker) -> None:
+        """Send what the worker's socket takes; watch it for more room if some is left."""
+        if worker.link is None:
+            return
+        worker.outbox.flush(worker.link)
+        waiting = selectors.EVENT_WRITE if worker.outbox else 0
+        self.selector.modify(worker.link, selectors.EVENT_READ | waiting, worker)
 
     def _read_link(self, worker: Worker) -> None:
-        assert worker.link is not None
+        if worker.link is None:  # closed by a write to it just before
+            return
         try:
             data = worker.link.recv(65536)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:  # the worker is gone; its death is seen by _reap
@@ -225,7 +241,7 @@ class Supervisor:
         for sock in sockets.values():
             sock.close()
         theirs.close()
-        worker.pid, worker.link, worker.frames = pid, ours, Frames()
+        worker.pid, worker.link, worker.frames, worker.outbox = pid, ours, Frames(), Outbox()
         worker.started, worker.restart_at = time.monotonic(), None
         self.selector.register(ours, selectors.EVENT_READ, worker)
         log.info("worker_started", worker=worker.index, pid=pid)

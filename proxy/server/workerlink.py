@@ -7,7 +7,10 @@ again meanwhile. A worker asked to reload (``POST /-/reload``, or a SIGHUP sent 
 worker itself) asks the supervisor, and answers with what applying its answer did.
 
 One Unix socket pair per worker, made before the fork; each message is a length-prefixed
-pickle. Only the two processes hold its ends, so nothing else can write to it.
+pickle. Only the two processes hold its ends, so nothing else can write to it. The
+supervisor never waits on a worker: what a worker has not read yet waits in its
+``Outbox``, where a newer config replaces the ones not begun, so a hung worker costs the
+supervisor one config's worth of memory and resumes on the last one.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from proxy.server.state import ReloadResult
 log = structlog.get_logger("auth_proxy.workers")
 
 _LENGTH = struct.Struct("!I")
-SEND_TIMEOUT = 5.0  # a worker that reads nothing for this long is not waited for
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +76,43 @@ class Frames:
 
 
 def link_pair() -> tuple[socket.socket, socket.socket]:
-    """(the supervisor's end, the worker's end)."""
+    """(the supervisor's end, which never blocks, the worker's end)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ours.settimeout(SEND_TIMEOUT)
+    ours.setblocking(False)
     return ours, theirs
 
 
-def send(sock: socket.socket, message: Reloaded) -> None:
-    """The supervisor's send; a worker that died or hangs misses it (its replacement
-    starts with the supervisor's current config anyway)."""
-    try:
-        sock.sendall(encode(message))
-    except OSError as exc:
-        log.warning("worker_link_failed", error=str(exc))
+class Outbox:
+    """The supervisor's messages to one worker that it has not taken yet."""
+
+    def __init__(self) -> None:
+        self._started = b""  # the rest of a message partly sent: it must go on whole
+        self._queue: list[Reloaded] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._started or self._queue)
+
+    def put(self, message: Reloaded) -> None:
+        """Queue ``message``. A config is the whole of it: a newer one makes the earlier
+        configs not begun pointless, unless they answer a request (``token``)."""
+        if message.config is not None:
+            self._queue = [m for m in self._queue if m.token is not None]
+        self._queue.append(message)
+
+    def flush(self, sock: socket.socket) -> None:
+        """Send what the socket takes now; the rest waits for it to be writable. A worker
+        that died or hangs misses nothing it still needs: its replacement starts with
+        the supervisor's current config anyway."""
+        try:
+            while self:
+                if not self._started:
+                    self._started = encode(self._queue.pop(0))
+                self._started = self._started[sock.send(self._started) :]
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("worker_link_failed", error=str(exc))
+            self._started, self._queue = b"", []
 
 
 class SupervisorLink:
