@@ -139,7 +139,7 @@ class Pipeline:
         route, prefix, ex.rest = matched
         ex.route = route
         if client is not None:
-            client.check_request(route.name, request.method)
+            client.check_request(route.name, request.method, request.headers)
             self._check_rate(client)
         if target is None:
             ex.public_base = f"{request.scheme}://{request.host}{prefix}"
