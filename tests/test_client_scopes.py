@@ -384,3 +384,21 @@ async def test_a_method_override_header_cannot_widen_a_client_s_methods(
         ("GET", "get"),
         ("POST", "DELETE"),
     ]
+
+
+async def test_an_admin_client_s_methods_limit_the_admin_endpoints_too(
+    upstream: Upstream, make_proxy: ProxyFactory, http: aiohttp.ClientSession
+) -> None:
+    """A monitoring client (metrics, the status page) given ``methods: [GET, HEAD]`` must
+    not clear sessions, log out or reload."""
+    monitor = {"name": "monitor", "token": OPS_TOKEN, "admin": True, "methods": ["GET", "HEAD"]}
+    server = await make_proxy(routes=two_routes(upstream), client_auth={"tokens": [monitor]})
+    headers = {**bearer(OPS_TOKEN), "X-Auth-Proxy": "1"}
+    assert (await fetch(http, "GET", base(server, "/-/metrics"), headers=headers)).status == 200
+    assert (await fetch(http, "GET", base(server, "/-/sessions"), headers=headers)).status == 200
+    for path in ("/-/sessions/reports/clear", "/-/sessions/reports/logout", "/-/reload"):
+        refused = await fetch(http, "POST", base(server, path), headers=headers)
+        assert refused.status == 403, path
+        assert refused.body["error"]["message"] == (
+            'client "monitor" may not use method POST on the admin endpoints'
+        )

@@ -83,9 +83,14 @@ class Client:
                         f'"{route}" (asked for with {name})'
                     )
 
-    def check_admin(self) -> None:
+    def check_admin(self, method: str) -> None:
+        """Refuse the admin endpoints without ``admin``, or with a method outside ``methods``."""
         if not self.admin:
             raise Forbidden(f'client "{self.name}" may not use the admin endpoints')
+        if self.methods is not None and method not in self.methods:
+            raise Forbidden(
+                f'client "{self.name}" may not use method {method} on the admin endpoints'
+            )
 
     def check_rate(self, now: float) -> None:
         """Count one request against the client's rate; refuse it beyond."""

@@ -124,7 +124,7 @@ class Pipeline:
         client = self._admit(ex, door, target, runtime, host)
         if target is None and ex.path.startswith("/-/"):
             if client is not None:
-                client.check_admin()
+                client.check_admin(request.method)
                 self._check_rate(client)
             return self.admin.handle(request, ex.path, admin_client=client is not None)
         if self.state.draining:
