@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import stat
 from pathlib import Path
@@ -146,6 +147,25 @@ async def test_a_reload_can_move_the_audit_log(
     await fetch(http, "POST", base(server, "/up/b"))
     assert [r["path"] for r in await written(first, 1)] == ["/up/a"]
     assert [r["path"] for r in await written(second, 1)] == ["/up/b"]
+
+
+async def test_an_audit_log_removed_under_the_proxy_is_started_again(
+    upstream: Upstream, make_proxy: ProxyFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """An operator's ``rm`` (or a clean-up of the whole directory) must not send the
+    following lines into a file nobody can read any more."""
+    audit = tmp_path / "audit" / "audit.jsonl"
+    server = await make_proxy(routes=[upstream.route()], log={"audit": str(audit)})
+    await fetch(http, "POST", base(server, "/up/a"))
+    assert [r["path"] for r in await written(audit, 1)] == ["/up/a"]
+    audit.unlink()
+    await fetch(http, "POST", base(server, "/up/b"))
+    assert [r["path"] for r in await written(audit, 1)] == ["/up/b"]
+    shutil.rmtree(audit.parent)
+    await fetch(http, "POST", base(server, "/up/c"))
+    assert [r["path"] for r in await written(audit, 1)] == ["/up/c"]
+    assert stat.S_IMODE(audit.stat().st_mode) == 0o600
+    assert stat.S_IMODE(audit.parent.stat().st_mode) == 0o700
 
 
 # --------------------------------------------------------------------------- as a process

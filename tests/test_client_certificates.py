@@ -124,7 +124,7 @@ async def test_the_subject_picks_the_client_and_its_scope(ca: trustme.CA) -> Non
         scope: dict[str, Any] = {"client": client.name}
         for route in ("reports", "jobs"):
             try:
-                client.check_request(route, "GET")
+                client.check_request(route, "GET", request.headers)
                 scope[route] = "allowed"
             except ProxyError as exc:
                 scope[route] = exc.message

@@ -358,3 +358,47 @@ async def test_the_clear_command_uses_a_token_that_may_call_the_admin_endpoints(
     result = await asyncio.to_thread(run_cli, "clear", "up", "-c", str(served.config))
     assert result.returncode == 1
     assert "no client_auth token may call the admin endpoints" in result.stderr
+
+
+@pytest.mark.parametrize("header", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"])
+async def test_a_method_override_header_cannot_widen_a_client_s_methods(
+    upstream: Upstream, make_proxy: ProxyFactory, http: aiohttp.ClientSession, header: str
+) -> None:
+    """Many vendor APIs run a POST carrying ``X-HTTP-Method-Override: DELETE`` as a DELETE:
+    a client limited to reads must not reach them with one."""
+    server = await make_proxy(routes=two_routes(upstream), client_auth=gateway(methods=["GET"]))
+    url, ci = base(server, "/reports/daily"), bearer(CI_TOKEN)
+    for value in ("DELETE", " delete ", "GET, DELETE"):
+        refused = await fetch(http, "GET", url, headers={**ci, header: value})
+        assert refused.status == 403, value
+        assert refused.body["error"]["message"] == (
+            f'client "ci-scheduler" may not use method {value.strip().upper()} on route '
+            f'"reports" (asked for with {header})'
+        )
+    assert upstream.seen == []
+    # An override naming an allowed method is harmless; other clients are not limited.
+    assert (await fetch(http, "GET", url, headers={**ci, header: "get"})).status == 200
+    legacy = await fetch(http, "POST", url, headers={**bearer(LEGACY), header: "DELETE"})
+    assert legacy.status == 200
+    assert [(r.method, r.headers.get(header)) for r in upstream.seen] == [
+        ("GET", "get"),
+        ("POST", "DELETE"),
+    ]
+
+
+async def test_an_admin_client_s_methods_limit_the_admin_endpoints_too(
+    upstream: Upstream, make_proxy: ProxyFactory, http: aiohttp.ClientSession
+) -> None:
+    """A monitoring client (metrics, the status page) given ``methods: [GET, HEAD]`` must
+    not clear sessions, log out or reload."""
+    monitor = {"name": "monitor", "token": OPS_TOKEN, "admin": True, "methods": ["GET", "HEAD"]}
+    server = await make_proxy(routes=two_routes(upstream), client_auth={"tokens": [monitor]})
+    headers = {**bearer(OPS_TOKEN), "X-Auth-Proxy": "1"}
+    assert (await fetch(http, "GET", base(server, "/-/metrics"), headers=headers)).status == 200
+    assert (await fetch(http, "GET", base(server, "/-/sessions"), headers=headers)).status == 200
+    for path in ("/-/sessions/reports/clear", "/-/sessions/reports/logout", "/-/reload"):
+        refused = await fetch(http, "POST", base(server, path), headers=headers)
+        assert refused.status == 403, path
+        assert refused.body["error"]["message"] == (
+            'client "monitor" may not use method POST on the admin endpoints'
+        )

@@ -7,8 +7,9 @@ file opened ``O_APPEND``, so the workers of one proxy can share the file without
 interleaving lines. The data reaches the operating system at once; ``fsync`` runs at
 most once a second (and at close) in a thread of its own, never on the event loop.
 
-A failing disk (``ENOSPC``, a removed directory) never stops a request: the line is
+A failing disk (``ENOSPC``, a directory that cannot be made) never stops a request: the line is
 lost, counted (``on_error``) and the failure logged once, until writing works again.
+A file removed under the proxy (its name gone) is created again at the next line.
 ``reopen()`` starts a new file at the same path after a rotation (SIGHUP, SIGUSR1).
 """
 
@@ -50,6 +51,14 @@ def _sync(fd: int) -> None:
     except OSError as exc:
         if exc.errno not in _UNSYNCABLE:
             raise
+
+
+def _removed(fd: int) -> bool:
+    """Whether the open file no longer has a name (one ``fstat``, a microsecond)."""
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False  # the write that follows reports it
 
 
 def _sync_and_close(fd: int) -> None:
@@ -112,6 +121,12 @@ class AuditLog:
             "code": code,
         }
         line = json.dumps(record)[:-1] + self._context + "}\n"
+        if self._fd is not None and _removed(self._fd):
+            # Removed under us (``rm``, a directory cleaned up): lines written on would
+            # reach nobody. Start the file again, as a rotation does.
+            log.warning("audit_file_removed", path=self.path)
+            self._thread.submit(_sync_and_close, self._fd)
+            self._fd = None
         if self._fd is None:
             self._open()  # the file may be creatable again (a directory restored)
             if self._fd is None:

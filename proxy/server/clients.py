@@ -12,8 +12,16 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
+from multidict import CIMultiDictProxy, istr
+
 from proxy.config import ClientIdentity
 from proxy.core.errors import Forbidden, RateLimited
+
+# Headers by which many APIs let a POST (or GET) act as another method; the proxy
+# forwards them, so a client limited in methods may name only its methods in them.
+METHOD_OVERRIDES = tuple(
+    istr(name) for name in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+)
 
 
 class TokenBucket:
@@ -57,16 +65,32 @@ class Client:
         if self.routes is not None and route not in self.routes:
             raise Forbidden(f'client "{self.name}" may not use route "{route}"')
 
-    def check_request(self, route: str, method: str) -> None:
-        """Refuse a request on ``route`` outside the client's routes or methods."""
+    def check_request(self, route: str, method: str, headers: CIMultiDictProxy[str]) -> None:
+        """Refuse a request on ``route`` outside the client's routes or methods; a
+        method-override header counts as the method it names."""
         if self.routes is not None and route not in self.routes:
             raise Forbidden(f'client "{self.name}" may not use route "{route}"')
-        if self.methods is not None and method not in self.methods:
+        methods = self.methods
+        if methods is None:
+            return
+        if method not in methods:
             raise Forbidden(f'client "{self.name}" may not use method {method} on route "{route}"')
+        for name in METHOD_OVERRIDES:
+            for value in headers.getall(name, ()):
+                if (named := value.strip().upper()) not in methods:
+                    raise Forbidden(
+                        f'client "{self.name}" may not use method {named[:40]} on route '
+                        f'"{route}" (asked for with {name})'
+                    )
 
-    def check_admin(self) -> None:
+    def check_admin(self, method: str) -> None:
+        """Refuse the admin endpoints without ``admin``, or with a method outside ``methods``."""
         if not self.admin:
             raise Forbidden(f'client "{self.name}" may not use the admin endpoints')
+        if self.methods is not None and method not in self.methods:
+            raise Forbidden(
+                f'client "{self.name}" may not use method {method} on the admin endpoints'
+            )
 
     def check_rate(self, now: float) -> None:
         """Count one request against the client's rate; refuse it beyond."""

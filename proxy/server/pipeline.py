@@ -124,7 +124,7 @@ class Pipeline:
         client = self._admit(ex, door, target, runtime, host)
         if target is None and ex.path.startswith("/-/"):
             if client is not None:
-                client.check_admin()
+                client.check_admin(request.method)
                 self._check_rate(client)
             return self.admin.handle(request, ex.path, admin_client=client is not None)
         if self.state.draining:
@@ -139,7 +139,7 @@ class Pipeline:
         route, prefix, ex.rest = matched
         ex.route = route
         if client is not None:
-            client.check_request(route.name, request.method)
+            client.check_request(route.name, request.method, request.headers)
             self._check_rate(client)
         if target is None:
             ex.public_base = f"{request.scheme}://{request.host}{prefix}"
