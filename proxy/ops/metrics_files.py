@@ -19,7 +19,6 @@ worker's files, so successive scrapes agree whichever worker answers:
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+
+try:
+    import fcntl
+except ImportError:  # Windows: see ``_locked``
+    fcntl = None  # type: ignore[assignment]
 
 PUBLISH_INTERVAL = 1.0  # seconds
 _MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -48,15 +52,20 @@ def share_between_processes(directory: Path) -> None:
 
 
 @contextmanager
-def _locked(directory: Path, how: int) -> Iterator[None]:
+def _locked(directory: Path, exclusive: bool) -> Iterator[None]:
+    """Between a scrape (shared) and the merge of a dead worker's files (exclusive).
+    Without fcntl (Windows) there are no workers (they need fork): nothing to lock."""
+    if fcntl is None:
+        yield
+        return
     with (directory / _LOCK).open("a") as lock:
-        fcntl.flock(lock, how)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
 
 
 class _FilesCollector(MultiProcessCollector):
     def collect(self) -> Iterable[Metric]:
-        with _locked(Path(self._path), fcntl.LOCK_SH):
+        with _locked(Path(self._path), exclusive=False):
             return list(super().collect())
 
 
@@ -69,7 +78,7 @@ def forget_process(pid: int, directory: Path) -> None:
     """A worker ended: its gauges of the ``live`` modes stop counting; its counters and
     histograms are added into the dead workers' file of their kind."""
     mark_process_dead(pid, str(directory))
-    with _locked(directory, fcntl.LOCK_EX):
+    with _locked(directory, exclusive=True):
         for kind in _SUMMED:
             own = directory / f"{kind}_{pid}.db"
             if not own.exists():
