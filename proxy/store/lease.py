@@ -34,12 +34,17 @@ class Renewer:
         self._held = held
         self._renew = renew
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"store-lease-{self._held.lease.key}")
 
     async def stop(self) -> None:
         if self._task is not None:
+            # The task may be inside a store call that turns the cancellation into an
+            # error of its own (redis-py can, dropping the connection): ``_stopping``
+            # then ends the loop, which would otherwise renew on for ever.
+            self._stopping = True
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -52,9 +57,13 @@ class Renewer:
             await asyncio.sleep(lease.ttl / RENEWALS_PER_TTL)
             started = loop.time()
             try:
-                if not await self._renew(lease):
-                    break
+                renewed = await self._renew(lease)
             except StoreUnavailable:
-                continue  # try again at the next tick, while the lease may still stand
-            kept_until = started + lease.ttl
+                renewed = None  # try again at the next tick, while the lease may still stand
+            if self._stopping:
+                return
+            if renewed is False:
+                break
+            if renewed:
+                kept_until = started + lease.ttl
         self._held.lost_event.set()
