@@ -59,6 +59,18 @@ _OPERATORS = (
 )
 
 
+def _refused_change(
+    request: web.BaseRequest, action: str, what: str, operator: bool
+) -> web.Response | None:
+    """The answer refusing a state-changing call, or None when it may go ahead."""
+    if request.method != "POST":
+        return _post_only(f"use POST to {what}")
+    if not operator:
+        return error_response(Forbidden(f"{action} {_OPERATORS}"))
+    check_state_change(request)  # raises; rendered by the request handler
+    return None
+
+
 def _post_only(message: str) -> web.Response:
     response = error_response(MethodNotAllowed(message))
     response.headers["Allow"] = "POST"
@@ -112,11 +124,9 @@ class Admin:
         return status_page.page(view) if path == STATUS else status_page.data(view)
 
     async def reload(self, request: web.BaseRequest, operator: bool) -> web.StreamResponse:
-        if request.method != "POST":
-            return _post_only("use POST to reload the config")
-        if not operator:
-            return error_response(Forbidden(f"reload {_OPERATORS}"))
-        check_state_change(request)  # raises; rendered by the request handler
+        refused = _refused_change(request, "reload", "reload the config", operator)
+        if refused is not None:
+            return refused
         # Shielded: a client hanging up cancels its handler, and must not stop a reload
         # half-way (client tokens loaded, config not swapped).
         result = await asyncio.shield(self.state.reload())
@@ -137,11 +147,9 @@ class Admin:
         self, request: web.BaseRequest, route: str, action: str, what: str, operator: bool
     ) -> RouteRuntime | web.StreamResponse:
         """The route a state-changing call is for, or the answer refusing the call."""
-        if request.method != "POST":
-            return _post_only(f"use POST to {what}")
-        if not operator:
-            return error_response(Forbidden(f"{action} {_OPERATORS}"))
-        check_state_change(request)  # raises; rendered by the request handler
+        refused = _refused_change(request, action, what, operator)
+        if refused is not None:
+            return refused
         rt = self.state.runtime.routes.get(route)
         if rt is None:
             return error_response(NoRoute(f"no route named {route!r}"))

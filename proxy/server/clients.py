@@ -68,8 +68,7 @@ class Client:
     def check_request(self, route: str, method: str, headers: CIMultiDictProxy[str]) -> None:
         """Refuse a request on ``route`` outside the client's routes or methods; a
         method-override header counts as the method it names."""
-        if self.routes is not None and route not in self.routes:
-            raise Forbidden(f'client "{self.name}" may not use route "{route}"')
+        self.check_route(route)
         methods = self.methods
         if methods is None:
             return
